@@ -1,0 +1,181 @@
+"""Test images built byte by byte or with independent writers, never with the code under test.
+
+PNGs are assembled here from zlib and struct (filter type 0, no libpng), so a 16-bit
+round trip checks the decoder against the PNG specification rather than against the
+encoder of the same library it decodes with.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from collections.abc import Iterable
+
+import numpy as np
+import tifffile
+from PIL import Image
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_COLOUR_TYPE = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> colour type
+
+
+def png_chunk(kind: bytes, payload: bytes) -> bytes:
+    """One PNG chunk: length, type, payload, CRC."""
+    return (
+        struct.pack(">I", len(payload))
+        + kind
+        + payload
+        + struct.pack(">I", zlib.crc32(kind + payload))
+    )
+
+
+def png_ihdr(width: int, height: int, bit_depth: int, colour_type: int) -> bytes:
+    return png_chunk(
+        b"IHDR", struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
+    )
+
+
+def png_bytes(
+    pixels: np.ndarray,
+    extra_chunks: Iterable[tuple[bytes, bytes]] = (),
+    palette: bytes | None = None,
+) -> bytes:
+    """A PNG of ``pixels`` (H x W [x C], uint8 or uint16), written from the specification.
+
+    With ``palette`` (PLTE payload), ``pixels`` (H x W uint8) are palette indices.
+    ``extra_chunks`` go between IHDR and IDAT.
+    """
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    height, width, channels = pixels.shape
+    bit_depth = 16 if pixels.dtype == np.uint16 else 8
+    colour_type = 3 if palette is not None else _PNG_COLOUR_TYPE[channels]
+    rows = pixels.astype(">u2" if bit_depth == 16 else "u1").reshape(height, -1).view(np.uint8)
+    raw = np.concatenate([np.zeros((height, 1), np.uint8), rows], axis=1).tobytes()
+    chunks = [png_ihdr(width, height, bit_depth, colour_type)]
+    chunks += [png_chunk(kind, payload) for kind, payload in extra_chunks]
+    if palette is not None:
+        chunks.append(png_chunk(b"PLTE", palette))
+    chunks.append(png_chunk(b"IDAT", zlib.compress(raw)))
+    chunks.append(png_chunk(b"IEND", b""))
+    return PNG_SIGNATURE + b"".join(chunks)
+
+
+def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A few dozen bytes whose header declares ``width x height`` 8-bit RGB pixels."""
+    idat = png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+    return PNG_SIGNATURE + png_ihdr(width, height, 8, 2) + idat + png_chunk(b"IEND", b"")
+
+
+def pillow_bytes(pixels: np.ndarray, fmt: str, mode: str | None = None, **params: object) -> bytes:
+    """``pixels`` saved by Pillow in ``fmt`` (JPEG for instance), converted to ``mode`` first."""
+    image = Image.fromarray(pixels)
+    if mode is not None:
+        image = image.convert(mode)
+    stream = io.BytesIO()
+    image.save(stream, format=fmt, **params)
+    return stream.getvalue()
+
+
+def tiff_bytes(pixels: np.ndarray, **params: object) -> bytes:
+    """``pixels`` written by tifffile (``photometric``, ``compression``... passed through)."""
+    stream = io.BytesIO()
+    tifffile.imwrite(stream, pixels, **params)
+    return stream.getvalue()
+
+
+def exif_blob(
+    exposure_time: tuple[int, int] | None = (1, 100),
+    f_number: tuple[int, int] | None = (28, 10),
+    iso: int | None = 200,
+    iso_speed: int | None = None,
+    byteorder: str = "<",
+    header: bool = False,
+) -> bytes:
+    """A TIFF-structured EXIF block: IFD0 holding only the pointer to an EXIF IFD.
+
+    ``header`` prepends JPEG's ``Exif\\0\\0``.
+    """
+    entries: list[tuple[int, int, int, bytes]] = []  # tag, type, count, value bytes
+    if exposure_time is not None:
+        entries.append((0x829A, 5, 1, struct.pack(byteorder + "II", *exposure_time)))
+    if f_number is not None:
+        entries.append((0x829D, 5, 1, struct.pack(byteorder + "II", *f_number)))
+    if iso is not None:
+        entries.append((0x8827, 3, 1, struct.pack(byteorder + "H", iso) + b"\x00\x00"))
+    if iso_speed is not None:
+        entries.append((0x8833, 4, 1, struct.pack(byteorder + "I", iso_speed)))
+
+    mark = b"II" if byteorder == "<" else b"MM"
+    head = mark + struct.pack(byteorder + "HI", 42, 8)
+    ifd0 = struct.pack(byteorder + "H", 1)
+    exif_ifd_at = 8 + 2 + 12 + 4
+    ifd0 += struct.pack(byteorder + "HHII", 0x8769, 4, 1, exif_ifd_at) + struct.pack(
+        byteorder + "I", 0
+    )
+    values_at = exif_ifd_at + 2 + 12 * len(entries) + 4
+    table = struct.pack(byteorder + "H", len(entries))
+    values = b""
+    for tag, ftype, count, value in entries:
+        if len(value) > 4:
+            table += struct.pack(byteorder + "HHII", tag, ftype, count, values_at + len(values))
+            values += value
+        else:
+            table += struct.pack(byteorder + "HHI", tag, ftype, count) + value.ljust(4, b"\x00")
+    table += struct.pack(byteorder + "I", 0)
+    blob = head + ifd0 + table + values
+    return (b"Exif\x00\x00" + blob) if header else blob
+
+
+def tiff_with_exif_ifd(pixels: np.ndarray, blob: bytes) -> bytes:
+    """A tifffile-written RGB TIFF whose IFD0 points at the EXIF IFD of ``blob``.
+
+    tifffile cannot write an EXIF IFD itself: the file is written with a placeholder tag,
+    ``blob``'s EXIF IFD is appended (offsets rebased) and the placeholder turned into an
+    ExifIFD pointer to it. ``blob`` must be little-endian, as tifffile writes.
+    """
+    placeholder = 65000  # a private tag: tifffile refuses to write ExifIFD (34665) itself
+    data = bytearray(
+        tiff_bytes(pixels, photometric="rgb", extratags=[(placeholder, 4, 1, 0, True)])
+    )
+    with tifffile.TiffFile(io.BytesIO(bytes(data))) as tif:
+        tag = tif.pages[0].tags[placeholder]
+        entry_at, pointer_at = tag.offset, tag.valueoffset
+    struct.pack_into("<H", data, entry_at, 0x8769)
+    (exif_ifd_at,) = struct.unpack_from("<I", blob, 8 + 2 + 8)
+    base = len(data) + (len(data) % 2)
+    data += b"\x00" * (base - len(data))
+    shift = base - exif_ifd_at
+    ifd = bytearray(blob[exif_ifd_at:])
+    (count,) = struct.unpack_from("<H", ifd, 0)
+    for i in range(count):
+        entry = 2 + 12 * i
+        _tag, ftype, n = struct.unpack_from("<HHI", ifd, entry)
+        if ftype in (5, 10) or (ftype == 4 and n > 1):  # the value is an offset: rebase it
+            (offset,) = struct.unpack_from("<I", ifd, entry + 8)
+            struct.pack_into("<I", ifd, entry + 8, offset + shift)
+    data += ifd
+    struct.pack_into("<I", data, pointer_at, base)
+    return bytes(data)
+
+
+def patch_tiff_size(data: bytes, width: int, height: int) -> bytes:
+    """``data`` (a little-endian classic TIFF) with ImageWidth/ImageLength rewritten."""
+    out = bytearray(data)
+    (ifd,) = struct.unpack_from("<I", out, 4)
+    (count,) = struct.unpack_from("<H", out, ifd)
+    for i in range(count):
+        entry = ifd + 2 + 12 * i
+        (tag,) = struct.unpack_from("<H", out, entry)
+        if tag in (256, 257):
+            struct.pack_into("<HII", out, entry + 2, 4, 1, width if tag == 256 else height)
+    return bytes(out)
+
+
+def patch_jpeg_size(data: bytes, width: int, height: int) -> bytes:
+    """``data`` (a baseline JPEG) with its SOF0 frame size rewritten."""
+    out = bytearray(data)
+    at = out.index(b"\xff\xc0")
+    struct.pack_into(">HH", out, at + 5, height, width)
+    return bytes(out)
