@@ -1,0 +1,649 @@
+"""The job broker: a Redis Streams work queue with job records, blobs and results.
+
+Both the API (submit, get, cancel, result) and the workers (receive, start, touch,
+progress, complete, fail) use this one class over one ``redis.asyncio`` client.
+
+Delivery model
+--------------
+Jobs are entries of one stream read through one consumer group. An entry stays in the
+group's pending list (PEL) until the job ends, then it is acked *and deleted*, so the
+stream only holds jobs that wait or run. A pending entry idle longer than
+``visibility_timeout_seconds`` is taken over by the next worker calling :meth:`receive`
+(XAUTOCLAIM): that is how the job of a crashed worker runs again. A live worker keeps a
+long job from being taken over by calling :meth:`touch` with each progress update.
+
+Attempts are counted on the record (incremented atomically per delivery), not taken
+from the PEL's delivery counter, so they survive re-queueing and every path that can
+hand a job out. The delivery that would exceed ``max_attempts`` is not handed out: the
+job is dead-lettered and failed instead.
+
+Queue length
+------------
+The length checked against ``max_queue_length`` and reported by :meth:`queue_depth` is
+the number of jobs in state ``queued``: accepted and not started (including those
+waiting for a retry), kept in a sorted set by creation time. Running jobs do not count
+(the number of workers bounds them), and cancelling a queued job frees its slot at once,
+whereas its stream entry is only removed when a worker skips it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Final
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from service.config import Settings
+from service.errors import JobNotFound, QueueFull
+from service.queue import scripts
+from service.queue.connection import connect
+from service.queue.jobs import JobRecord, JobState, is_valid_job_id, new_job_id
+from service.queue.keys import ENTRY_JOB, STAT_JOB_SECONDS, Keys
+
+logger = logging.getLogger(__name__)
+
+#: Longest blocking read; must stay below the client's socket timeout (connection.py).
+MAX_BLOCK_MS: Final = 10_000
+#: First retry delay after ``fail(retry=True)``; doubles per attempt, capped by the
+#: visibility timeout (the latest a pending entry is handed out again anyway).
+RETRY_BASE_DELAY_SECONDS: Final = 1.0
+#: Retry-After when no job has finished yet to estimate from.
+DEFAULT_RETRY_AFTER_SECONDS: Final = 5
+MAX_RETRY_AFTER_SECONDS: Final = 300
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One hand-out of a job to a worker; pass it back to start/touch/complete/fail."""
+
+    entry_id: str
+    """Stream entry id (the handle Redis acks)."""
+    job_id: str
+    attempts: int
+    """Deliveries of this job so far, this one included (1 on the first)."""
+    consumer: str
+    """Consumer name the entry is pending under."""
+    redelivered: bool
+    """Taken over from another consumer (or retried) rather than read fresh."""
+
+
+class Broker:
+    """Redis Streams job queue, job records, uploads and results of one deployment.
+
+    The broker does not own ``redis``: whoever opened the client closes it (see
+    :func:`open_broker`).
+    """
+
+    def __init__(self, redis: Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.keys = Keys(settings.key_prefix)
+        self._ttl = int(settings.job_ttl_seconds)
+        self._visibility_ms = max(1, round(settings.visibility_timeout_seconds * 1000))
+        self._reclaim_cursor = "0-0"
+        self._submit = redis.register_script(scripts.SUBMIT)
+        self._deliver = redis.register_script(scripts.DELIVER)
+        self._start = redis.register_script(scripts.START)
+        self._touch = redis.register_script(scripts.TOUCH)
+        self._progress = redis.register_script(scripts.PROGRESS)
+        self._complete = redis.register_script(scripts.COMPLETE)
+        self._fail = redis.register_script(scripts.FAIL)
+        self._cancel = redis.register_script(scripts.CANCEL)
+        self._mark_cancelled = redis.register_script(scripts.MARK_CANCELLED)
+
+    # ------------------------------------------------------------------ API side
+
+    async def submit(
+        self,
+        params: Mapping[str, Any],
+        blobs: Sequence[bytes],
+        owner: str | None = None,
+        idempotency_key: str | None = None,
+        *,
+        model: str | None = None,
+        width: int | None = None,
+        height: int | None = None,
+    ) -> JobRecord:
+        """Queue a job over ``blobs`` (kept in order) and return its record.
+
+        With an ``idempotency_key``, a job already submitted by the same ``owner`` under
+        that key is returned instead and nothing is queued. Raises :class:`QueueFull`
+        when ``max_queue_length`` jobs are queued. ``params`` must be JSON-serialisable;
+        ``model``, ``width`` and ``height`` fill the record's fields of those names.
+        """
+        if not blobs:
+            raise ValueError("a job needs at least one input blob")
+        idem_key = self.keys.idempotency(owner, idempotency_key) if idempotency_key else None
+        # Two tries: the second only when an idempotency mapping outlived its job.
+        for _ in range(2):
+            if idem_key is not None:
+                existing = await self._idempotent_job(idem_key)
+                if existing is not None:
+                    return existing
+            record = JobRecord(
+                id=new_job_id(),
+                status=JobState.QUEUED,
+                created_at=time.time(),
+                owner=owner,
+                model=model,
+                width=width,
+                height=height,
+                params=dict(params),
+            )
+            outcome = await self._enqueue(record, blobs, idem_key)
+            if outcome is not None:
+                return outcome
+        raise RuntimeError("idempotency mapping kept pointing at an expired job")
+
+    async def _enqueue(
+        self, record: JobRecord, blobs: Sequence[bytes], idem_key: str | None
+    ) -> JobRecord | None:
+        """Store the uploads, then admit the job atomically; None: retry (stale mapping)."""
+        inputs = self.keys.inputs(record.id)
+        # Uploads go first, outside the script: they are large, and nobody can see them
+        # until the record exists. A refused or failed submit deletes them again (and
+        # the TTL covers a crash in between).
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(inputs, mapping={str(i): blob for i, blob in enumerate(blobs)})
+            pipe.expire(inputs, self._ttl)
+            await pipe.execute()
+        keys = [self.keys.job(record.id), self.keys.queued, self.keys.stream]
+        if idem_key is not None:
+            keys.append(idem_key)
+        args: list[Any] = [
+            record.id,
+            repr(record.created_at),
+            self._ttl,
+            self.settings.max_queue_length,
+            ENTRY_JOB,
+        ]
+        for name, value in record.to_redis().items():
+            args += [name, value]
+        try:
+            kind, value = await self._submit(keys=keys, args=args)
+        except BaseException:
+            await self.redis.delete(inputs)
+            raise
+        if kind == b"ok":
+            logger.info("queued job %s (entry %s)", record.id, value.decode())
+            return record
+        await self.redis.delete(inputs)
+        if kind == b"duplicate":
+            existing = await self.get(value.decode())
+            if existing is not None:
+                return existing
+            assert idem_key is not None
+            await self._drop_mapping(idem_key, value)
+            return None
+        retry_after = await self._retry_after()
+        logger.info("queue full (%s jobs queued); retry after %s s", value, retry_after)
+        raise QueueFull(
+            f"the queue holds {value} jobs, its limit; retry in {retry_after} s",
+            retry_after=retry_after,
+        )
+
+    async def _idempotent_job(self, idem_key: str) -> JobRecord | None:
+        job_id: Any = await self.redis.get(idem_key)
+        return None if job_id is None else await self.get(_text(job_id))
+
+    async def _drop_mapping(self, idem_key: str, job_id: bytes) -> None:
+        """Delete a mapping to an expired job, unless it changed meanwhile (WATCH)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            await pipe.watch(idem_key)
+            if await pipe.get(idem_key) == job_id:
+                pipe.multi()
+                pipe.delete(idem_key)
+                try:
+                    await pipe.execute()
+                except RedisError:  # WatchError: another submit replaced it; fine
+                    logger.debug("idempotency mapping %s changed concurrently", idem_key)
+
+    async def _retry_after(self) -> int:
+        """Seconds until a queue slot is likely to free: one job's time over the workers."""
+        raw = await self.redis.hget(self.keys.stats, STAT_JOB_SECONDS)
+        if raw is None:
+            return DEFAULT_RETRY_AFTER_SECONDS
+        workers = len(await self.live_workers())
+        seconds = float(raw) / max(1, workers)
+        return int(min(MAX_RETRY_AFTER_SECONDS, max(1, math.ceil(seconds))))
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        """The job's record; None when unknown, expired or not a job id at all."""
+        if not is_valid_job_id(job_id):
+            return None
+        mapping: Any = await self.redis.hgetall(self.keys.job(job_id))
+        return JobRecord.from_redis(mapping) if mapping else None
+
+    async def get_blob(self, job_id: str, index: int) -> bytes:
+        """The ``index``-th upload of a job; raises :class:`JobNotFound` when gone.
+
+        Uploads are deleted when the job succeeds or is cancelled, and expire with it.
+        """
+        blob: Any = None
+        if is_valid_job_id(job_id):
+            blob = await self.redis.hget(self.keys.inputs(job_id), str(index))
+        if blob is None:
+            raise JobNotFound(f"input {index} of job {job_id} is not available")
+        return bytes(blob)
+
+    async def get_blobs(self, job_id: str) -> list[bytes]:
+        """All uploads of a job in submission order; raises :class:`JobNotFound` when gone."""
+        mapping: Any = {}
+        if is_valid_job_id(job_id):
+            mapping = await self.redis.hgetall(self.keys.inputs(job_id))
+        if not mapping:
+            raise JobNotFound(f"inputs of job {job_id} are not available")
+        return [bytes(mapping[k]) for k in sorted(mapping, key=int)]
+
+    async def get_result(self, job_id: str) -> bytes | None:
+        """The stored result of a succeeded job; None when there is none (yet, or any more)."""
+        if not is_valid_job_id(job_id):
+            return None
+        result: Any = await self.redis.get(self.keys.result(job_id))
+        return None if result is None else bytes(result)
+
+    async def cancel(self, job_id: str) -> JobRecord:
+        """Cancel a job and return its record as it is after the call.
+
+        A queued job is ``cancelled`` at once (its uploads are dropped; a worker that
+        receives it later skips it). A running job stays ``running`` with a cancel flag
+        set; its worker sees :meth:`is_cancel_requested` and calls
+        :meth:`mark_cancelled`. A final job is returned unchanged. Raises
+        :class:`JobNotFound` for an unknown or expired job.
+        """
+        if not is_valid_job_id(job_id):
+            raise JobNotFound(f"job {job_id} not found")
+        reply = await self._cancel(
+            keys=[
+                self.keys.job(job_id),
+                self.keys.queued,
+                self.keys.inputs(job_id),
+                self.keys.cancel(job_id),
+            ],
+            args=[job_id, repr(time.time()), self._ttl],
+        )
+        if not reply:
+            raise JobNotFound(f"job {job_id} not found")
+        record = _record_from_flat(reply)
+        logger.info("cancel of job %s: now %s", job_id, record.status.value)
+        return record
+
+    async def is_cancel_requested(self, job_id: str) -> bool:
+        """Whether the owner asked to cancel this running job (the worker polls this)."""
+        return bool(await self.redis.exists(self.keys.cancel(job_id)))
+
+    # ------------------------------------------------------------------ worker side
+
+    async def ensure_group(self) -> None:
+        """Create the stream and its consumer group if missing (idempotent).
+
+        The group starts at the stream's beginning, so jobs submitted before any worker
+        existed are delivered too.
+        """
+        try:
+            await self.redis.xgroup_create(self.keys.stream, self.keys.group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def receive(self, consumer: str, block_ms: int = 1000) -> Delivery | None:
+        """Hand the next job to ``consumer``, or None when there is none.
+
+        First takes over one entry pending longer than the visibility timeout (a dead or
+        stalled worker's job, or a job whose retry delay is over), then reads a new one,
+        blocking up to ``block_ms`` (0: do not block; capped at ``MAX_BLOCK_MS``).
+        Entries of jobs that are final, cancelled or expired are acked and skipped; a
+        delivery beyond ``max_attempts`` is dead-lettered and skipped.
+        """
+        block = min(max(0, block_ms), MAX_BLOCK_MS) or None
+        for _ in range(2):  # second pass only after re-creating a missing group
+            try:
+                return await self._receive(consumer, block)
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                logger.warning("consumer group missing; creating it")
+                await self.ensure_group()
+        return None
+
+    async def _receive(self, consumer: str, block: int | None) -> Delivery | None:
+        while True:
+            redelivered = True
+            entry = await self._reclaim(consumer)
+            if entry is None:
+                redelivered = False
+                entry = await self._read_new(consumer, block)
+                block = None  # block once per call; later reads only drain skips
+            if entry is None:
+                return None
+            entry_id, job_id = entry
+            delivery = await self._admit(entry_id, job_id, consumer, redelivered)
+            if delivery is not None:
+                return delivery
+
+    async def _reclaim(self, consumer: str) -> tuple[str, str] | None:
+        reply: Any = await self.redis.xautoclaim(
+            self.keys.stream,
+            self.keys.group,
+            consumer,
+            min_idle_time=self._visibility_ms,
+            start_id=self._reclaim_cursor,
+            count=1,
+        )
+        # Walk the PEL with a cursor across calls, so that many young pending entries at
+        # its head (long jobs of live workers) do not hide an idle one behind them.
+        self._reclaim_cursor = _text(reply[0])
+        for entry_id, fields in reply[1]:
+            if entry_id is None or fields is None:  # deleted entry (Redis 6.2 reply)
+                continue
+            return _text(entry_id), _text(fields.get(ENTRY_JOB.encode(), b""))
+        return None
+
+    async def _read_new(self, consumer: str, block: int | None) -> tuple[str, str] | None:
+        reply: Any = await self.redis.xreadgroup(
+            self.keys.group, consumer, {self.keys.stream: ">"}, count=1, block=block
+        )
+        streams = reply.items() if isinstance(reply, dict) else (reply or [])
+        for _name, entries in streams:
+            for entry_id, fields in entries:
+                if entry_id is not None and fields is not None:
+                    return _text(entry_id), _text(fields.get(ENTRY_JOB.encode(), b""))
+        return None
+
+    async def _admit(
+        self, entry_id: str, job_id: str, consumer: str, redelivered: bool
+    ) -> Delivery | None:
+        """Count the delivery on the record; decide deliver, skip or dead-letter."""
+        now = time.time()
+        kind, attempts = await self._deliver(
+            keys=[
+                self.keys.job(job_id),
+                self.keys.queued,
+                self.keys.stream,
+                self.keys.dead_letter,
+                self.keys.cancel(job_id),
+                self.keys.inputs(job_id),
+            ],
+            args=[
+                self.keys.group,
+                entry_id,
+                job_id,
+                self.settings.max_attempts,
+                repr(now),
+                consumer,
+                self._dead_letter_min_id(now),
+            ],
+        )
+        if kind == b"deliver":
+            if redelivered:
+                logger.info(
+                    "re-delivering job %s (entry %s) to %s, attempt %s",
+                    job_id,
+                    entry_id,
+                    consumer,
+                    attempts,
+                )
+            return Delivery(entry_id, job_id, int(attempts), consumer, redelivered)
+        if kind == b"dead":
+            logger.warning(
+                "job %s dead-lettered after %s attempts (entry %s)", job_id, attempts, entry_id
+            )
+        else:
+            logger.info("skipping entry %s of job %s: %s", entry_id, job_id, kind.decode())
+        return None
+
+    async def start(self, delivery: Delivery, worker_id: str, engine: str) -> JobRecord | None:
+        """Mark the job running on ``worker_id``; returns its record.
+
+        None means: do not run it. The job was cancelled, finished (by another worker) or
+        expired since it was received, and its entry has been acked already.
+        """
+        reply = await self._start(
+            keys=[self.keys.job(delivery.job_id), self.keys.queued, self.keys.stream],
+            args=[
+                self.keys.group,
+                delivery.entry_id,
+                delivery.job_id,
+                worker_id,
+                engine,
+                repr(time.time()),
+            ],
+        )
+        if not reply:
+            logger.info("not starting job %s: final or expired", delivery.job_id)
+            return None
+        return _record_from_flat(reply)
+
+    async def touch(self, delivery: Delivery) -> bool:
+        """Reset the entry's idle time so that a live, slow job is not re-delivered.
+
+        Call it more often than the visibility timeout (with every progress update).
+        Returns False when another consumer has taken the entry over already (the job
+        was re-delivered): this worker may stop; only the first ``complete`` counts.
+        """
+        owned = await self._touch(
+            keys=[self.keys.stream],
+            args=[self.keys.group, delivery.consumer, delivery.entry_id],
+        )
+        return bool(owned)
+
+    async def progress(self, job_id: str, done: int, total: int) -> bool:
+        """Record tiles done of total; ignored (False) unless the job is running."""
+        updated = await self._progress(keys=[self.keys.job(job_id)], args=[done, total])
+        return bool(updated)
+
+    async def complete(
+        self,
+        delivery: Delivery,
+        result: bytes,
+        timings: Mapping[str, float],
+        width: int,
+        height: int,
+    ) -> bool:
+        """Store the result, mark the job succeeded, ack and delete its entry.
+
+        Returns True when this call produced the job's result. False when the job was
+        already final (another worker finished first, or it was cancelled or failed) or
+        has expired: then nothing is stored and nothing changes, the entry is only acked.
+        """
+        outcome = await self._complete(
+            keys=[
+                self.keys.job(delivery.job_id),
+                self.keys.result(delivery.job_id),
+                self.keys.queued,
+                self.keys.stream,
+                self.keys.inputs(delivery.job_id),
+                self.keys.cancel(delivery.job_id),
+                self.keys.stats,
+            ],
+            args=[
+                self.keys.group,
+                delivery.entry_id,
+                delivery.job_id,
+                result,
+                self._ttl,
+                repr(time.time()),
+                json.dumps(dict(timings), separators=(",", ":"), sort_keys=True),
+                width,
+                height,
+            ],
+        )
+        stored = outcome == b"stored"
+        if stored:
+            logger.info("job %s succeeded (%s bytes)", delivery.job_id, len(result))
+        else:
+            logger.info("result of job %s dropped: job %s", delivery.job_id, outcome.decode())
+        return stored
+
+    async def fail(
+        self,
+        delivery: Delivery,
+        reason: str,
+        retry: bool,
+        *,
+        retry_delay_seconds: float | None = None,
+    ) -> JobState | None:
+        """Record a failed attempt; returns the job's state after it (None: expired).
+
+        ``retry=False``: the job fails at once with ``reason``, goes to the dead-letter
+        stream and its entry is acked. ``retry=True`` while attempts remain: the job goes
+        back to ``queued`` and its entry stays pending but is aged so that it is handed
+        out again after ``retry_delay_seconds`` (default: 1 s doubling per attempt,
+        capped at the visibility timeout) by the next :meth:`receive` of any worker.
+        ``retry=True`` on the last attempt fails the job like ``retry=False``, with the
+        error ``"failed after N attempts: <reason>"``. A job already final is unchanged.
+        """
+        if retry_delay_seconds is None:
+            retry_delay_seconds = RETRY_BASE_DELAY_SECONDS * 2 ** max(0, delivery.attempts - 1)
+        delay_ms = min(self._visibility_ms, max(0, round(retry_delay_seconds * 1000)))
+        now = time.time()
+        outcome = await self._fail(
+            keys=[
+                self.keys.job(delivery.job_id),
+                self.keys.queued,
+                self.keys.stream,
+                self.keys.dead_letter,
+                self.keys.cancel(delivery.job_id),
+            ],
+            args=[
+                self.keys.group,
+                delivery.entry_id,
+                delivery.job_id,
+                reason,
+                1 if retry else 0,
+                self.settings.max_attempts,
+                repr(now),
+                delivery.consumer,
+                self._visibility_ms - delay_ms,
+                self._dead_letter_min_id(now),
+            ],
+        )
+        text = outcome.decode()
+        logger.warning(
+            "job %s attempt %s failed (%s): %s", delivery.job_id, delivery.attempts, text, reason
+        )
+        return None if text == "expired" else JobState(text)
+
+    async def mark_cancelled(self, delivery: Delivery) -> JobRecord | None:
+        """Finish a cancel the worker noticed: cancelled, ack; final jobs stay as they are."""
+        reply = await self._mark_cancelled(
+            keys=[
+                self.keys.job(delivery.job_id),
+                self.keys.queued,
+                self.keys.stream,
+                self.keys.inputs(delivery.job_id),
+                self.keys.cancel(delivery.job_id),
+            ],
+            args=[self.keys.group, delivery.entry_id, delivery.job_id, repr(time.time())],
+        )
+        return _record_from_flat(reply) if reply else None
+
+    # ------------------------------------------------------------------ observability
+
+    async def ping(self) -> bool:
+        """Whether Redis answers (for readiness); never raises on connection problems."""
+        try:
+            return bool(await self.redis.ping())
+        except (RedisError, OSError) as exc:
+            logger.warning("Redis ping failed: %s", exc)
+            return False
+
+    async def queue_depth(self) -> int:
+        """Jobs in state ``queued`` (what ``max_queue_length`` limits)."""
+        return int(await self.redis.zcount(self.keys.queued, self._oldest_live_score(), "+inf"))
+
+    async def oldest_queued_age_seconds(self) -> float:
+        """Age of the oldest queued job, 0.0 when none waits."""
+        oldest: Any = await self.redis.zrangebyscore(
+            self.keys.queued, self._oldest_live_score(), "+inf", start=0, num=1, withscores=True
+        )
+        if not oldest:
+            return 0.0
+        return max(0.0, time.time() - float(oldest[0][1]))
+
+    async def running_count(self) -> int:
+        """Entries handed out and not yet acked (running, or waiting for a retry/reclaim)."""
+        try:
+            summary: Any = await self.redis.xpending(self.keys.stream, self.keys.group)
+        except ResponseError:  # no stream or group yet
+            return 0
+        return int(summary["pending"])
+
+    async def dead_letter_depth(self) -> int:
+        """Entries in the dead-letter stream (kept for the job TTL)."""
+        return int(await self.redis.xlen(self.keys.dead_letter))
+
+    async def dead_letters(self, count: int = 100) -> list[dict[str, str]]:
+        """The newest dead-letter entries, newest first: job, entry, reason, attempts, ..."""
+        entries: Any = await self.redis.xrevrange(self.keys.dead_letter, count=count)
+        return [
+            {"id": _text(entry_id), **{_text(k): _text(v) for k, v in fields.items()}}
+            for entry_id, fields in entries
+        ]
+
+    async def heartbeat(self, worker_id: str, ttl_seconds: float, info: Mapping[str, Any]) -> None:
+        """Announce a live worker for ``ttl_seconds`` with ``info`` (JSON-serialisable)."""
+        now = time.time()
+        body = json.dumps({**info, "worker_id": worker_id, "last_seen": now})
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(self.keys.heartbeat(worker_id), body, px=max(1, round(ttl_seconds * 1000)))
+            pipe.zadd(self.keys.workers, {worker_id: now + ttl_seconds})
+            await pipe.execute()
+
+    async def retire(self, worker_id: str) -> None:
+        """Remove a worker's heartbeat at a clean shutdown."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self.keys.heartbeat(worker_id))
+            pipe.zrem(self.keys.workers, worker_id)
+            await pipe.execute()
+
+    async def live_workers(self) -> list[dict[str, Any]]:
+        """Heartbeats that have not expired, each with ``worker_id`` and ``last_seen``."""
+        await self.redis.zremrangebyscore(self.keys.workers, "-inf", time.time())
+        members: Any = await self.redis.zrange(self.keys.workers, 0, -1)
+        ids = [_text(w) for w in members]
+        if not ids:
+            return []
+        bodies: Any = await self.redis.mget([self.keys.heartbeat(w) for w in ids])
+        return [json.loads(body) for body in bodies if body is not None]
+
+    # ------------------------------------------------------------------ helpers
+
+    def _oldest_live_score(self) -> float:
+        """Queued-set members created before this have expired with their record."""
+        return time.time() - self._ttl
+
+    def _dead_letter_min_id(self, now: float) -> str:
+        """Dead-letter entries older than the job TTL are trimmed (MINID, in ms)."""
+        return str(max(0, int((now - self._ttl) * 1000)))
+
+
+@asynccontextmanager
+async def open_broker(
+    settings: Settings, *, client_name: str | None = None
+) -> AsyncIterator[Broker]:
+    """Connect to ``settings.redis_url`` for the duration of the block (app lifespan)."""
+    if not settings.redis_url:
+        raise ValueError("settings.redis_url is not set")
+    redis = connect(settings.redis_url, client_name=client_name)
+    try:
+        yield Broker(redis, settings)
+    finally:
+        await redis.aclose()
+
+
+def _text(value: Any) -> str:
+    """A reply element as text (the client returns bytes; tests may pass str)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _record_from_flat(reply: Sequence[bytes]) -> JobRecord:
+    """A JobRecord from the flat field/value list a script's HGETALL returns."""
+    return JobRecord.from_redis(dict(zip(reply[::2], reply[1::2], strict=True)))

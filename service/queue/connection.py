@@ -1,0 +1,138 @@
+"""Typed Redis connection settings parsed from a DSN, and the one way to open a client.
+
+The service speaks bytes to Redis (``decode_responses=False``): uploads and results are
+binary, and decoding the few text fields where they are read keeps that explicit.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field, replace
+from typing import Final
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from redis.asyncio import Redis
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PORT: Final = 6379
+#: Socket read timeout. It must exceed the longest blocking read the broker issues
+#: (``broker.MAX_BLOCK_MS``), or a quiet queue would look like a dead server.
+DEFAULT_SOCKET_TIMEOUT: Final = 30.0
+DEFAULT_CONNECT_TIMEOUT: Final = 5.0
+
+_SCHEMES: Final = ("redis", "rediss", "unix")
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    """Where and how to reach Redis; built from a DSN with :meth:`from_dsn`.
+
+    Accepted DSNs: ``redis://[[user]:password@]host[:port][/db]``, the same with
+    ``rediss://`` for TLS, and ``unix:///path/to/redis.sock[?db=N]``.
+    """
+
+    host: str = "localhost"
+    port: int = DEFAULT_PORT
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ssl: bool = False
+    unix_socket_path: str | None = None
+    socket_timeout: float | None = DEFAULT_SOCKET_TIMEOUT
+    socket_connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+
+    @classmethod
+    def from_dsn(cls, dsn: str) -> RedisSettings:
+        """Parse a DSN; raises ``ValueError`` naming what is wrong (never the password)."""
+        parts = urlsplit(dsn)
+        scheme = parts.scheme.lower()
+        if scheme not in _SCHEMES:
+            raise ValueError(f"Redis DSN scheme must be one of {_SCHEMES}, got {scheme!r}")
+        query = parse_qs(parts.query)
+        db_text = query.get("db", [""])[0]
+        username = unquote(parts.username) if parts.username else None
+        password = unquote(parts.password) if parts.password is not None else None
+        if scheme == "unix":
+            if not parts.path:
+                raise ValueError("unix:// Redis DSN needs a socket path")
+            return cls(
+                host="",
+                port=0,
+                db=_parse_db(db_text or "0"),
+                username=username,
+                password=password,
+                unix_socket_path=unquote(parts.path),
+            )
+        path_db = parts.path.lstrip("/")
+        try:
+            port = parts.port or DEFAULT_PORT
+        except ValueError as exc:  # urlsplit raises on a non-numeric port
+            raise ValueError(f"invalid port in Redis DSN: {exc}") from None
+        return cls(
+            host=parts.hostname or "localhost",
+            port=port,
+            db=_parse_db(path_db or db_text or "0"),
+            username=username,
+            password=password,
+            ssl=scheme == "rediss",
+        )
+
+    def with_db(self, db: int) -> RedisSettings:
+        """The same server, another database index."""
+        return replace(self, db=db)
+
+    @property
+    def safe_dsn(self) -> str:
+        """A DSN fit for logs: the password is masked."""
+        auth = ""
+        if self.username or self.password:
+            auth = f"{self.username or ''}{':***' if self.password else ''}@"
+        if self.unix_socket_path:
+            return f"unix://{auth}{self.unix_socket_path}?db={self.db}"
+        scheme = "rediss" if self.ssl else "redis"
+        return f"{scheme}://{auth}{self.host}:{self.port}/{self.db}"
+
+
+def _parse_db(text: str) -> int:
+    try:
+        db = int(text)
+    except ValueError:
+        raise ValueError(f"Redis database index must be an integer, got {text!r}") from None
+    if db < 0:
+        raise ValueError(f"Redis database index must be >= 0, got {db}")
+    return db
+
+
+def connect(target: str | RedisSettings, *, client_name: str | None = None) -> Redis:
+    """Open an asyncio Redis client (bytes in, bytes out); no I/O happens until first use.
+
+    The caller owns the client and closes it with ``await client.aclose()``.
+    """
+    settings = RedisSettings.from_dsn(target) if isinstance(target, str) else target
+    logger.debug("connecting to Redis at %s", settings.safe_dsn)
+    if settings.unix_socket_path:
+        return Redis(
+            unix_socket_path=settings.unix_socket_path,
+            db=settings.db,
+            username=settings.username,
+            password=settings.password,
+            socket_timeout=settings.socket_timeout,
+            socket_connect_timeout=settings.socket_connect_timeout,
+            decode_responses=False,
+            client_name=client_name,
+        )
+    return Redis(
+        host=settings.host,
+        port=settings.port,
+        db=settings.db,
+        username=settings.username,
+        password=settings.password,
+        ssl=settings.ssl,
+        socket_timeout=settings.socket_timeout,
+        socket_connect_timeout=settings.socket_connect_timeout,
+        socket_keepalive=True,
+        health_check_interval=30,
+        decode_responses=False,
+        client_name=client_name,
+    )

@@ -1,0 +1,135 @@
+"""Job states, the job record and its Redis hash encoding, job ids.
+
+A record is stored as a flat Redis hash so that the broker's Lua scripts can read and
+change single fields (``status``, ``attempts``, ``tiles_done``) atomically without
+decoding the whole record. ``None`` is stored as an absent field; dicts as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from enum import Enum
+from typing import Any, Final
+
+
+class JobState(str, Enum):
+    """Lifecycle of a job; ``succeeded``, ``failed`` and ``cancelled`` never change."""
+
+    QUEUED = "queued"
+    """Accepted and waiting for a worker (also while waiting to be retried)."""
+    RUNNING = "running"
+    """A worker has started it; progress fields move."""
+    SUCCEEDED = "succeeded"
+    """The result is stored and can be downloaded until the job expires."""
+    FAILED = "failed"
+    """Gave up: an unrecoverable error, or too many attempts; ``error`` says why."""
+    CANCELLED = "cancelled"
+    """Cancelled by its owner before it finished."""
+
+    @property
+    def is_final(self) -> bool:
+        """Whether the state can no longer change."""
+        return self in FINAL_STATES
+
+
+FINAL_STATES: Final = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+
+_JOB_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def new_job_id() -> str:
+    """A fresh job id: 128 random bits as 32 lowercase hex characters.
+
+    Random rather than sequential so that an id cannot be guessed from another one: the
+    id is the capability to read a job's result when authentication is off.
+    """
+    return secrets.token_hex(16)
+
+
+def is_valid_job_id(job_id: str) -> bool:
+    """Whether ``job_id`` has the shape :func:`new_job_id` produces.
+
+    The broker refuses other strings before building key names from them, so a crafted
+    id such as ``"<id>:result"`` can never address another key.
+    """
+    return _JOB_ID.fullmatch(job_id) is not None
+
+
+#: Hash fields the broker keeps next to the record's own (not part of JobRecord).
+FIELD_LAST_ERROR: Final = "last_error"
+
+_INT_FIELDS: Final = frozenset({"width", "height", "tiles_done", "tiles_total", "attempts"})
+_FLOAT_FIELDS: Final = frozenset({"created_at", "started_at", "finished_at"})
+_JSON_FIELDS: Final = frozenset({"timings", "params"})
+
+
+@dataclass
+class JobRecord:
+    """Everything the service knows about one job; times are unix seconds."""
+
+    id: str
+    status: JobState
+    created_at: float
+    owner: str | None = None
+    model: str | None = None
+    engine: str | None = None
+    worker: str | None = None
+    width: int | None = None
+    height: int | None = None
+    tiles_done: int = 0
+    tiles_total: int = 0
+    attempts: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def to_redis(self) -> dict[str, str]:
+        """The hash mapping to HSET; ``None`` fields are left out."""
+        out: dict[str, str] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if f.name in _JSON_FIELDS:
+                out[f.name] = json.dumps(value, separators=(",", ":"), sort_keys=True)
+            elif isinstance(value, JobState):
+                out[f.name] = value.value
+            elif f.name in _FLOAT_FIELDS:
+                out[f.name] = repr(float(value))
+            else:
+                out[f.name] = str(value)
+        return out
+
+    @classmethod
+    def from_redis(cls, mapping: Mapping[Any, Any]) -> JobRecord:
+        """Decode an HGETALL reply (bytes or str keys and values).
+
+        Unknown fields (the broker's own, such as ``last_error``) are ignored.
+        """
+        text = {_text(k): _text(v) for k, v in mapping.items()}
+        kwargs: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = text.get(f.name)
+            if raw is None:
+                continue
+            if f.name == "status":
+                kwargs[f.name] = JobState(raw)
+            elif f.name in _INT_FIELDS:
+                kwargs[f.name] = int(raw)
+            elif f.name in _FLOAT_FIELDS:
+                kwargs[f.name] = float(raw)
+            elif f.name in _JSON_FIELDS:
+                kwargs[f.name] = json.loads(raw)
+            else:
+                kwargs[f.name] = raw
+        return cls(**kwargs)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

