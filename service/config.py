@@ -7,11 +7,11 @@ Nothing reads the environment at import time: callers build ``Settings()`` when 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
-from typing_extensions import Annotated, Self
+from typing_extensions import Self
 
 #: Tile geometry chosen from the tiled-vs-full and throughput measurements in README.md.
 DEFAULT_TILE_SIZE = 256
@@ -58,9 +58,7 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         64 * 1024 * 1024, ge=1, description="Largest accepted file per exposure, in bytes."
     )
-    max_pixels: int = Field(
-        24_000_000, ge=1, description="Largest accepted frame, width x height."
-    )
+    max_pixels: int = Field(24_000_000, ge=1, description="Largest accepted frame, width x height.")
     min_side: int = Field(16, ge=1, description="Smallest accepted width or height.")
 
     @field_validator("api_keys", mode="before")

@@ -1,0 +1,52 @@
+"""Exposure set in, HDR frame out: preprocessing, tiling, batched engine calls, blending."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from ..exposures import ExposureSet
+from ..model.preprocess import build_model_input
+from .base import Engine
+from .tiling import TileBlender, TilePlan
+
+#: Called after every engine call with (tiles done, tiles total); raising stops the run.
+ProgressCallback = Callable[[int, int], None]
+
+
+def reconstruct(
+    engine: Engine,
+    exposures: ExposureSet,
+    plan: TilePlan,
+    batch: int = 1,
+    on_progress: ProgressCallback | None = None,
+) -> np.ndarray:
+    """Run ``engine`` over ``plan``'s tiles of ``exposures``: ``H x W x 3`` float32.
+
+    Each tile's input is built from its own crop (preprocessing is per pixel, so this
+    equals cropping the full-frame input) to keep memory proportional to the tile batch.
+    """
+    if (plan.height, plan.width) != (exposures.height, exposures.width):
+        raise ValueError(
+            f"plan is for {plan.width}x{plan.height}, exposures are"
+            f" {exposures.width}x{exposures.height}"
+        )
+    blender = TileBlender(plan)
+    done = 0
+    for tiles in plan.batches(batch):
+        inputs = np.concatenate(
+            [
+                build_model_input(
+                    exposures.unit_crops(t.y, t.x, plan.tile_h, plan.tile_w), exposures.evs
+                )
+                for t in tiles
+            ]
+        )
+        outputs = engine.run(inputs)
+        for tile, prediction in zip(tiles, outputs, strict=True):
+            blender.add(tile, prediction)
+        done += len(tiles)
+        if on_progress is not None:
+            on_progress(done, len(plan))
+    return blender.result()

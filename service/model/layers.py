@@ -1,0 +1,320 @@
+"""Building blocks of AFUNet, written for token-major ``(B, H*W, C)`` tensors.
+
+The whole network keeps its features as tokens in row-major pixel order, which is the
+channels-last layout of an image. Convolutions therefore run on a free channels-last view
+instead of the flatten/transpose copies the official code makes around every conv.
+
+Attribute names follow the official checkpoint's parameter names so that a release
+checkpoint loads without renaming.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .windows import WINDOW_GROUPS, LayoutCache, relative_position_index, shift_masks
+
+
+def tokens_to_image(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``(B, H*W, C)`` tokens as an NCHW view (channels-last memory, no copy)."""
+    b, _, c = x.shape
+    return x.view(b, height, width, c).permute(0, 3, 1, 2)
+
+
+def image_to_tokens(x: torch.Tensor) -> torch.Tensor:
+    """NCHW image as ``(B, H*W, C)`` tokens (free when ``x`` is channels-last)."""
+    b, c, h, w = x.shape
+    return x.permute(0, 2, 3, 1).reshape(b, h * w, c)
+
+
+def reflect_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """Apply a 3x3 conv with reflect padding of 1, as the official ``padding_mode='reflect'``."""
+    return F.conv2d(
+        F.pad(x, (1, 1, 1, 1), mode="reflect"), conv.weight, conv.bias, groups=conv.groups
+    )
+
+
+def token_conv(conv: nn.Conv2d, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A reflect-padded 3x3 conv on tokens, returning tokens."""
+    image = tokens_to_image(x, *size).contiguous(memory_format=torch.channels_last)
+    return image_to_tokens(reflect_conv(conv, image))
+
+
+class Mlp(nn.Module):
+    """Linear -> GELU -> Linear (dropout of the training code omitted: inference only)."""
+
+    def __init__(self, in_features: int, hidden_features: int, out_features: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_features, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class TokenNorm(nn.Module):
+    """Holder of the LayerNorm the official ``PatchEmbed`` applies to flattened tokens."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x)
+
+
+class WindowAttentionCore(nn.Module):
+    """Relative-position-biased attention inside 8x8 (optionally shifted) windows.
+
+    Holds the bias table (a parameter) and, derived from it once per weight load, the four
+    additive masks ``bias + shift_mask[group]`` of shape ``(4, heads, N, N)``. Subclasses
+    project queries, keys and values; this class runs the grouped fused attention.
+    """
+
+    def __init__(self, dim: int, window: int, num_heads: int, shift: int) -> None:
+        super().__init__()
+        self.dim = dim
+        self.window = window
+        self.num_heads = num_heads
+        self.shift = shift
+        self.relative_position_bias_table = nn.Parameter(
+            torch.zeros((2 * window - 1) ** 2, num_heads)
+        )
+        n = window * window
+        self.register_buffer("_rel_index", relative_position_index(window), persistent=False)
+        self.register_buffer(
+            "_shift_masks",
+            shift_masks(window, shift) if shift else torch.zeros(1, n, n),
+            persistent=False,
+        )
+        self.register_buffer("group_masks", torch.zeros(1, num_heads, n, n), persistent=False)
+        self.refresh()
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        """Recompute the cached masks from the bias table (after weights change)."""
+        n = self.window * self.window
+        table = self.relative_position_bias_table
+        bias = table[self._rel_index.reshape(-1)].view(n, n, self.num_heads).permute(2, 0, 1)
+        self.group_masks = (bias[None] + self._shift_masks[:, None].to(bias.dtype)).contiguous()
+
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, groups: tuple[int, ...]
+    ) -> torch.Tensor:
+        """Fused attention per window group.
+
+        ``q, k, v``: ``(windows, heads, N, head_dim)`` in layout order. Returns
+        ``(windows, N, heads * head_dim)``, contiguous.
+        """
+        outs = []
+        start = 0
+        for g, count in enumerate(groups):
+            if not count:
+                continue
+            sl = slice(start, start + count)
+            mask = self.group_masks[g if self.shift else 0].to(q.dtype)
+            out = F.scaled_dot_product_attention(
+                q[sl], k[sl], v[sl], attn_mask=mask.expand(count, -1, -1, -1)
+            )
+            outs.append(out.transpose(1, 2))
+            start += count
+        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
+        w, n = out.shape[0], out.shape[1]
+        return out.reshape(w, n, self.dim)
+
+    def _heads(self, x: torch.Tensor, parts: int) -> torch.Tensor:
+        """``(windows*N, parts*C)`` projection -> ``(parts, windows, heads, N, head_dim)``."""
+        n = self.window * self.window
+        head_dim = self.dim // self.num_heads
+        return x.view(-1, n, parts, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)
+
+
+class WindowSelfAttention(WindowAttentionCore):
+    """W-MSA / SW-MSA of the feature-enhancement blocks."""
+
+    def __init__(self, dim: int, window: int, num_heads: int, shift: int) -> None:
+        super().__init__(dim, window, num_heads, shift)
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, groups: tuple[int, ...]) -> torch.Tensor:
+        q, k, v = self._heads(self.qkv(x), 3)
+        return self.proj(self.attend(q, k, v, groups))
+
+
+class WindowCrossAttention(WindowAttentionCore):
+    """W-MCA of the alignment blocks: queries from ``y``, keys and values from ``x``."""
+
+    def __init__(self, dim: int, window: int, num_heads: int, shift: int) -> None:
+        super().__init__(dim, window, num_heads, shift)
+        self.kv = nn.Linear(dim, dim * 2)
+        self.q = nn.Linear(dim, dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, groups: tuple[int, ...]) -> torch.Tensor:
+        (q,) = self._heads(self.q(y), 1)
+        k, v = self._heads(self.kv(x), 2)
+        return self.proj(self.attend(q, k, v, groups))
+
+
+class SelfAttentionBlock(nn.Module):
+    """Swin block: x + W-MSA(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        window: int,
+        shift: int,
+        mlp_ratio: float,
+        layouts: LayoutCache,
+    ) -> None:
+        super().__init__()
+        self.shift = shift
+        self.layouts = layouts
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = WindowSelfAttention(dim, window, num_heads, shift)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), dim)
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        b, tokens, c = x.shape
+        layout = self.layouts.get(b, size[0], size[1], self.shift, x.device)
+        windows = self.norm1(x).reshape(b * tokens, c).index_select(0, layout.gather)
+        out = self.attn(windows, layout.group_windows).view(b * tokens, c)
+        x = x + out.index_select(0, layout.scatter).view(b, tokens, c)
+        return x + self.mlp(self.norm2(x))
+
+
+class CrossAttentionBlock(nn.Module):
+    """Alignment block: x + W-MCA(x + y, y), then x + depthwise-conv(x)."""
+
+    def __init__(self, dim: int, num_heads: int, window: int, layouts: LayoutCache) -> None:
+        super().__init__()
+        self.layouts = layouts
+        self.attn = WindowCrossAttention(dim, window, num_heads, shift=0)
+        # The official code names this depthwise 3x3 conv "mlp".
+        self.mlp = nn.Conv2d(dim, dim, 3, groups=dim)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        b, tokens, c = x.shape
+        layout = self.layouts.get(b, size[0], size[1], 0, x.device)
+        s = (x + y).reshape(b * tokens, c).index_select(0, layout.gather)
+        yw = y.reshape(b * tokens, c).index_select(0, layout.gather)
+        out = self.attn(s, yw, layout.group_windows).view(b * tokens, c)
+        x = x + out.index_select(0, layout.scatter).view(b, tokens, c)
+        return x + token_conv(self.mlp, x, size)
+
+
+class BlockGroup(nn.Module):
+    """Holder of the ``blocks`` list (the official ``residual_group``)."""
+
+    def __init__(self, blocks: list[nn.Module]) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(blocks)
+
+
+class AlignmentModule(nn.Module):
+    """Spatial attention alignment (one unshifted cross block) with an outer residual."""
+
+    def __init__(self, dim: int, num_heads: int, window: int, layouts: LayoutCache) -> None:
+        super().__init__()
+        self.residual_group = BlockGroup([CrossAttentionBlock(dim, num_heads, window, layouts)])
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        out = x
+        for block in self.residual_group.blocks:
+            out = block(out, y, size)
+        return out + x
+
+
+class EnhancementModule(nn.Module):
+    """Spatial feature enhancement: Swin blocks (alternately shifted), a 3x3 conv, residual."""
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        window: int,
+        mlp_ratio: float,
+        layouts: LayoutCache,
+    ) -> None:
+        super().__init__()
+        self.residual_group = BlockGroup(
+            [
+                SelfAttentionBlock(
+                    dim, num_heads, window, 0 if i % 2 == 0 else window // 2, mlp_ratio, layouts
+                )
+                for i in range(depth)
+            ]
+        )
+        self.conv = nn.Conv2d(dim, dim, 3)
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        out = x
+        for block in self.residual_group.blocks:
+            out = block(out, size)
+        return token_conv(self.conv, out, size) + x
+
+
+class ChannelAttention(nn.Module):
+    """Restormer-style cross attention over channels; its C x C map spans the whole frame.
+
+    Queries come from ``y``, keys and values from ``x``; q and k are L2-normalised over all
+    pixels. The 1x1 convs of the official code are applied as linear maps on tokens.
+    """
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1))
+        self.q = nn.Conv2d(dim, dim, 1, bias=False)
+        self.k = nn.Conv2d(dim, dim, 1, bias=False)
+        self.v = nn.Conv2d(dim, dim, 1, bias=False)
+        self.project_out = nn.Conv2d(dim, dim, 1, bias=False)
+
+    def _split(self, t: torch.Tensor) -> torch.Tensor:
+        """``(B, L, C)`` -> ``(B, heads, C/heads, L)`` view."""
+        b, tokens, c = t.shape
+        return t.view(b, tokens, self.num_heads, c // self.num_heads).permute(0, 2, 3, 1)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        b, tokens, c = x.shape
+        q = self._split(F.linear(y, self.q.weight.flatten(1)))
+        k = self._split(F.linear(x, self.k.weight.flatten(1)))
+        v = self._split(F.linear(x, self.v.weight.flatten(1)))
+        q = F.normalize(q, dim=-1)
+        k = F.normalize(k, dim=-1)
+        attn = (q @ k.transpose(-2, -1) * self.temperature).softmax(dim=-1)
+        out = (attn @ v).permute(0, 3, 1, 2).reshape(b, tokens, c)
+        return F.linear(out, self.project_out.weight.flatten(1))
+
+
+class FusionModule(nn.Module):
+    """Cross-attention proximal operator: x + CA(x + y, y), then x + depthwise-conv(x)."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.attn = ChannelAttention(dim, num_heads)
+        self.conv = nn.Conv2d(dim, dim, 3, groups=dim)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        x = x + self.attn(x + y, y)
+        return x + token_conv(self.conv, x, size)
+
+
+__all__ = [
+    "WINDOW_GROUPS",
+    "AlignmentModule",
+    "EnhancementModule",
+    "FusionModule",
+    "Mlp",
+    "TokenNorm",
+    "image_to_tokens",
+    "reflect_conv",
+    "tokens_to_image",
+]

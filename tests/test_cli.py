@@ -1,0 +1,170 @@
+"""``hdr-service infer`` end to end on real files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import OpenEXR
+import pytest
+from PIL import Image
+
+from service.cli import main
+from service.imaging import decode_exr, decode_radiance
+from tests.factories import GOLDEN_CHECKPOINT, GOLDEN_SEED0, bracket_frames, write_scene
+
+EXPECTED = np.load(GOLDEN_SEED0 / "model_output.npy")[0].transpose(1, 2, 0)
+
+
+def test_infer_on_golden_scene_writes_float32_exr_equal_to_official(tmp_path: Path) -> None:
+    out = tmp_path / "golden.exr"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "service",
+            "infer",
+            str(GOLDEN_SEED0),
+            "--checkpoint",
+            str(GOLDEN_CHECKPOINT),
+            "--output",
+            str(out),
+            "--dtype",
+            "float32",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "wrote" in done.stdout
+    with OpenEXR.File(str(out)) as exr:
+        channels = exr.channels()
+        assert {"R", "G", "B"} <= set(channels) or "RGB" in channels
+    hdr = decode_exr(out.read_bytes())
+    assert hdr.dtype == np.float32 and hdr.shape == (72, 100, 3)
+    assert np.abs(hdr - EXPECTED).max() <= 1e-5
+
+
+def test_infer_writes_radiance_and_png_preview(tmp_path: Path) -> None:
+    for name in ("out.hdr", "out.png"):
+        code = main(
+            [
+                "infer",
+                str(GOLDEN_SEED0),
+                "--checkpoint",
+                str(GOLDEN_CHECKPOINT),
+                "-o",
+                str(tmp_path / name),
+            ]
+        )
+        assert code == 0
+    radiance = decode_radiance((tmp_path / "out.hdr").read_bytes())
+    assert radiance.shape == (72, 100, 3)
+    assert np.abs(radiance - EXPECTED).max() <= 0.01 * EXPECTED.max()
+    with Image.open(tmp_path / "out.png") as preview:
+        assert preview.mode == "RGB" and preview.size == (100, 72)
+
+
+def test_infer_from_file_list_with_evs_and_tiles(tmp_path: Path) -> None:
+    frames = bracket_frames(40, 72, evs=(0, 2, 4))
+    files = []
+    for i, frame in enumerate(frames):
+        files.append(tmp_path / f"f{i}.png")
+        Image.fromarray((frame >> 8).astype(np.uint8)).save(files[-1])
+    out = tmp_path / "tiled.exr"
+    code = main(
+        [
+            "infer",
+            "--exposures",
+            *map(str, files),
+            "--ev",
+            "0,2,4",
+            "--checkpoint",
+            str(GOLDEN_CHECKPOINT),
+            "-o",
+            str(out),
+            "--tile-size",
+            "32",
+            "--tile-overlap",
+            "8",
+            "--dtype",
+            "float16",
+        ]
+    )
+    assert code == 0
+    assert decode_exr(out.read_bytes()).shape == (40, 72, 3)
+
+
+def test_no_tile_equals_default_for_small_frame(tmp_path: Path) -> None:
+    for flag, name in (([], "a.exr"), (["--no-tile"], "b.exr")):
+        assert (
+            main(
+                [
+                    "infer",
+                    str(GOLDEN_SEED0),
+                    "--checkpoint",
+                    str(GOLDEN_CHECKPOINT),
+                    "-o",
+                    str(tmp_path / name),
+                    *flag,
+                ]
+            )
+            == 0
+        )
+    a = decode_exr((tmp_path / "a.exr").read_bytes())
+    b = decode_exr((tmp_path / "b.exr").read_bytes())
+    assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["{scene}"], "expected 3 exposures, found 2"),
+        (["--exposures", "a", "b", "c"], "--exposures needs --ev"),
+        ([], "give a scene folder"),
+        (["{golden}", "--tile-size", "60"], "multiple of 8"),
+        (["{golden}", "--output-format-typo"], None),
+    ],
+)
+def test_bad_invocations_fail_with_a_message(tmp_path, capsys, args, message) -> None:
+    scene = write_scene(tmp_path / "two", bracket_frames(16, 16)[:2], (0, 2, 4))
+    argv = [
+        "infer",
+        *[a.format(scene=scene, golden=GOLDEN_SEED0) for a in args],
+        "--checkpoint",
+        str(GOLDEN_CHECKPOINT),
+        "-o",
+        str(tmp_path / "x.exr"),
+    ]
+    if message is None:
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+        return
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_unknown_output_extension_is_refused_before_inference(tmp_path, capsys) -> None:
+    code = main(
+        [
+            "infer",
+            str(GOLDEN_SEED0),
+            "--checkpoint",
+            str(GOLDEN_CHECKPOINT),
+            "-o",
+            str(tmp_path / "x.tiff"),
+        ]
+    )
+    assert code == 2
+    assert ".exr" in capsys.readouterr().err
+
+
+def test_missing_checkpoint_and_empty_model_repo_are_named(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("HDR_MODEL_REPO", str(tmp_path / "repo"))
+    assert main(["infer", str(GOLDEN_SEED0), "-o", str(tmp_path / "x.exr")]) == 2
+    assert "model.pth" in capsys.readouterr().err
