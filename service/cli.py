@@ -97,7 +97,7 @@ def _run_infer(args: argparse.Namespace, settings: Settings) -> int:
     from .engines.tiling import TilePlan
     from .engines.torch_engine import TorchEngine
     from .imaging import write_result
-    from .model_repo import find_checkpoint
+    from .model_repo import model_spec
 
     overrides = {
         k: v
@@ -112,7 +112,7 @@ def _run_infer(args: argparse.Namespace, settings: Settings) -> int:
     settings = settings.model_copy(update=overrides)
     Settings.model_validate(settings.model_dump())  # re-check tile geometry after overrides
     exposures = _load_exposures(args)
-    checkpoint = args.checkpoint or find_checkpoint(settings.model_repo, settings.default_model)
+    checkpoint = args.checkpoint or model_spec(settings.model_repo, settings.default_model).weights
     keep_freed_memory()
     engine = TorchEngine.from_checkpoint(checkpoint, settings.device)
     tile = None if args.no_tile else settings.tile_size

@@ -1,17 +1,51 @@
 """The model repository on disk (Triton-style; ARCHITECTURE section 5).
 
-``<repo>/<name>/config.yaml`` describes a model; ``<repo>/<name>/<version>/`` holds the
-weights an operator drops in (``model.pth``) and engines built from them. The highest
-numeric version serves.
+``<repo>/<name>/config.yaml`` describes a model (architecture, preferred backends,
+precision, tiling); ``<repo>/<name>/<version>/`` holds the weights an operator drops in
+(``model.pth``) and the engines built from them. The highest numeric version that has
+weights serves, unless ``config.yaml`` pins one. Weight-free architectures (``classical``)
+need no version folder.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from .errors import EngineUnavailable
 
 WEIGHTS_FILE = "model.pth"
+CONFIG_FILE = "config.yaml"
+#: Architectures that run without weights.
+WEIGHT_FREE = frozenset({"classical"})
+
+
+@dataclass(frozen=True)
+class TilingConfig:
+    """Tile geometry a model prefers; ``None`` fields fall back to the settings."""
+
+    tile_size: int | None = None
+    overlap: int | None = None
+    batch: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One servable model: what it is and where its files are."""
+
+    name: str
+    architecture: str
+    version: int | None
+    """Version folder in use; None for a weight-free model."""
+    directory: Path
+    """``<repo>/<name>/<version>`` (engines are cached here), or ``<repo>/<name>``."""
+    weights: Path | None
+    backends: tuple[str, ...] = ("torch",)
+    precision: str = "auto"
+    tiling: TilingConfig = field(default_factory=TilingConfig)
 
 
 def versions(repo: Path, name: str) -> list[int]:
@@ -22,13 +56,62 @@ def versions(repo: Path, name: str) -> list[int]:
     return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
 
 
-def find_checkpoint(repo: Path, name: str) -> Path:
-    """The weights of the highest version of ``name`` that has any."""
-    for version in reversed(versions(repo, name)):
+def find_checkpoint(repo: Path, name: str, pinned: int | None = None) -> Path:
+    """The weights of ``pinned`` or else the highest version of ``name`` that has any."""
+    candidates = [pinned] if pinned is not None else list(reversed(versions(repo, name)))
+    for version in candidates:
         path = repo / name / str(version) / WEIGHTS_FILE
         if path.is_file():
             return path
+    where = repo / name / (str(pinned) if pinned is not None else "<version>") / WEIGHTS_FILE
     raise EngineUnavailable(
-        f"no weights for model {name!r}: put the checkpoint at"
-        f" {repo / name / '<version>' / WEIGHTS_FILE} or pass --checkpoint"
+        f"no weights for model {name!r}: put the checkpoint at {where} or pass --checkpoint"
     )
+
+
+def _read_config(repo: Path, name: str) -> dict[str, Any]:
+    path = repo / name / CONFIG_FILE
+    if not path.is_file():
+        return {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise EngineUnavailable(f"{path}: cannot read model config: {exc}") from exc
+    if not isinstance(data, dict):
+        raise EngineUnavailable(f"{path}: model config must be a mapping")
+    return data
+
+
+def model_spec(repo: Path, name: str) -> ModelSpec:
+    """Resolve ``name`` in ``repo``; ``EngineUnavailable`` when it cannot serve."""
+    config = _read_config(repo, name)
+    if not config and not (repo / name).is_dir():
+        raise EngineUnavailable(
+            f"model {name!r} is not in the model repository {repo}"
+            f" (for AFUNet weights: {repo / name / '<version>' / WEIGHTS_FILE})"
+        )
+    architecture = str(config.get("architecture", name))
+    backends = tuple(str(b) for b in config.get("backends", ["torch"]))
+    tiling = TilingConfig(**{k: int(v) for k, v in (config.get("tiling") or {}).items()})
+    precision = str(config.get("precision", "auto"))
+    if architecture in WEIGHT_FREE:
+        return ModelSpec(name, architecture, None, repo / name, None, backends, precision, tiling)
+    pinned = config.get("version")
+    weights = find_checkpoint(repo, name, int(pinned) if pinned is not None else None)
+    return ModelSpec(
+        name,
+        architecture,
+        int(weights.parent.name),
+        weights.parent,
+        weights,
+        backends,
+        precision,
+        tiling,
+    )
+
+
+def model_names(repo: Path) -> list[str]:
+    """Every model folder in the repository (servable or not)."""
+    if not repo.is_dir():
+        return []
+    return sorted(p.name for p in repo.iterdir() if p.is_dir() and not p.name.startswith("."))
