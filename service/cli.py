@@ -1,6 +1,8 @@
 """``hdr-service``: the command line of the service.
 
-Each sub-command is one entry in ``COMMANDS`` (argument builder, runner). User errors
+Each sub-command is a module of ``service.commands`` named in ``COMMANDS``, defining
+``HELP``, ``add_arguments(parser)`` and ``run(args, settings) -> int``; heavy imports stay
+inside ``run`` so that ``--help`` and the light commands start fast. User errors
 (``ServiceError``: a bad scene, a bad checkpoint) print one line and exit with status 2;
 anything else is a bug and keeps its traceback.
 """
@@ -8,143 +10,19 @@ anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
-import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 from .config import Settings
-from .errors import InvalidExposureSet, ServiceError
-
-log = logging.getLogger("service.cli")
+from .errors import ServiceError
 
 EXIT_USER_ERROR = 2
 
-
-def _float_list(text: str) -> list[float]:
-    from .exposures import parse_exposure_values
-
-    return list(parse_exposure_values(text, "--ev"))
-
-
-# --- infer -------------------------------------------------------------------------------
-
-
-def _add_infer(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "scene",
-        nargs="?",
-        type=Path,
-        help="Kalantari-style scene folder: three TIFFs (sorted by name) and exposure.txt",
-    )
-    parser.add_argument(
-        "--exposures",
-        nargs=3,
-        type=Path,
-        metavar=("SHORT", "MID", "LONG"),
-        help="three image files instead of a scene folder, short to long exposure",
-    )
-    parser.add_argument(
-        "--ev", type=_float_list, help="EV stops of --exposures, e.g. -2,0,2 (time = 2**EV)"
-    )
-    parser.add_argument(
-        "--checkpoint",
-        type=Path,
-        help="AFUNet weights (official .pth or a state dict); default: the model repository",
-    )
-    parser.add_argument(
-        "--output",
-        "-o",
-        type=Path,
-        required=True,
-        help="result file: .exr (OpenEXR), .hdr (Radiance) or .png (tone-mapped preview)",
-    )
-    parser.add_argument(
-        "--dtype",
-        choices=("float16", "float32"),
-        default="float32",
-        help="OpenEXR sample type (default float32)",
-    )
-    parser.add_argument("--tile-size", type=int, help="tile edge in pixels, a multiple of 8")
-    parser.add_argument("--tile-overlap", type=int, help="overlap between tiles in pixels")
-    parser.add_argument("--tile-batch", type=int, help="tiles per engine call")
-    parser.add_argument("--no-tile", action="store_true", help="run the whole frame at once")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="inference device")
-
-
-def _load_exposures(args: argparse.Namespace):
-    from .exposures import load_exposure_files, load_scene_dir
-
-    if args.exposures:
-        if args.scene is not None:
-            raise InvalidExposureSet("give either a scene folder or --exposures, not both")
-        if args.ev is None:
-            raise InvalidExposureSet("--exposures needs --ev with one EV per file, e.g. -2,0,2")
-        return load_exposure_files(args.exposures, args.ev)
-    if args.scene is None:
-        raise InvalidExposureSet("give a scene folder or --exposures SHORT MID LONG --ev ...")
-    if args.ev is not None:
-        raise InvalidExposureSet("--ev goes with --exposures; a scene folder has exposure.txt")
-    return load_scene_dir(args.scene)
-
-
-def _run_infer(args: argparse.Namespace, settings: Settings) -> int:
-    from tqdm import tqdm
-
-    from .engines.pipeline import reconstruct
-    from .engines.runtime import keep_freed_memory
-    from .engines.tiling import TilePlan
-    from .engines.torch_engine import TorchEngine
-    from .imaging import write_result
-    from .model_repo import model_spec
-
-    overrides = {
-        k: v
-        for k, v in (
-            ("tile_size", args.tile_size),
-            ("tile_overlap", args.tile_overlap),
-            ("tile_batch", args.tile_batch),
-            ("device", args.device),
-        )
-        if v is not None
-    }
-    settings = settings.model_copy(update=overrides)
-    Settings.model_validate(settings.model_dump())  # re-check tile geometry after overrides
-    exposures = _load_exposures(args)
-    checkpoint = args.checkpoint or model_spec(settings.model_repo, settings.default_model).weights
-    keep_freed_memory()
-    engine = TorchEngine.from_checkpoint(checkpoint, settings.device)
-    tile = None if args.no_tile else settings.tile_size
-    plan = TilePlan.build(exposures.height, exposures.width, tile, settings.tile_overlap)
-    started = time.perf_counter()
-    with tqdm(total=len(plan), unit="tile", disable=not sys.stderr.isatty()) as bar:
-        hdr = reconstruct(
-            engine,
-            exposures,
-            plan,
-            settings.tile_batch,
-            on_progress=lambda done, _total: bar.update(done - bar.n),
-        )
-    elapsed = time.perf_counter() - started
-    try:
-        write_result(args.output, hdr, args.dtype)
-    except ValueError as exc:
-        raise InvalidExposureSet(str(exc)) from exc
-    megapixels = exposures.width * exposures.height / 1e6
-    print(
-        f"wrote {args.output} ({exposures.width}x{exposures.height}, {len(plan)} tile(s),"
-        f" {elapsed:.1f} s, {megapixels / elapsed:.3f} MP/s on {engine.device})"
-    )
-    return 0
-
-
-# --- dispatch ----------------------------------------------------------------------------
-
-Runner = Callable[[argparse.Namespace, Settings], int]
-
-COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Runner]] = {
-    "infer": ("reconstruct one exposure set offline", _add_infer, _run_infer),
+#: sub-command -> module in ``service.commands``
+COMMANDS: dict[str, str] = {
+    "infer": "infer",
 }
 
 
@@ -154,8 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (help_text, add_arguments, _) in COMMANDS.items():
-        add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(f"service.commands.{module_name}")
+        module.add_arguments(sub.add_parser(name, help=module.HELP, description=module.HELP))
     return parser
 
 
@@ -165,9 +44,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    module = importlib.import_module(f"service.commands.{COMMANDS[args.command]}")
     try:
-        settings = Settings()
-        return COMMANDS[args.command][2](args, settings)
+        return int(module.run(args, Settings()))
     except ServiceError as exc:
         print(f"hdr-service {args.command}: error: {exc.message}", file=sys.stderr)
         return EXIT_USER_ERROR

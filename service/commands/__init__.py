@@ -1,0 +1,1 @@
+"""Sub-commands of ``hdr-service``, one module each (see ``service.cli``)."""
