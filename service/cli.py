@@ -23,6 +23,8 @@ EXIT_USER_ERROR = 2
 #: sub-command -> module in ``service.commands``
 COMMANDS: dict[str, str] = {
     "infer": "infer",
+    "export": "export",
+    "bench": "bench",
 }
 
 

@@ -6,6 +6,7 @@ Nothing reads the environment at import time: callers build ``Settings()`` when 
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -17,12 +18,15 @@ from typing_extensions import Self
 DEFAULT_TILE_SIZE = 256
 DEFAULT_TILE_OVERLAP = 32
 DEFAULT_TILE_BATCH = 2
+#: Shortest API key accepted in HDR_API_KEYS.
+MIN_API_KEY_LENGTH = 16
 
 
 class Settings(BaseSettings):
     """Service configuration; see the configuration table in README.md."""
 
-    model_config = SettingsConfigDict(env_prefix="HDR_", extra="ignore")
+    # hide_input_in_errors: a refused value may be an API key or a DSN with a password.
+    model_config = SettingsConfigDict(env_prefix="HDR_", extra="ignore", hide_input_in_errors=True)
 
     # --- model and inference -------------------------------------------------------------
     model_repo: Path = Field(Path("model_repo"), description="Model repository root.")
@@ -36,6 +40,20 @@ class Settings(BaseSettings):
     tile_size: int = Field(DEFAULT_TILE_SIZE, ge=16, description="Tile edge in pixels (x8).")
     tile_overlap: int = Field(DEFAULT_TILE_OVERLAP, ge=0, description="Tile overlap in pixels.")
     tile_batch: int = Field(DEFAULT_TILE_BATCH, ge=1, description="Tiles per engine call.")
+    precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
+        "auto",
+        description="Network arithmetic: auto = bf16 on GPU (fp16 where its parity check"
+        " passes is opt-in), fp32 on CPU.",
+    )
+    torch_compile: bool = Field(False, description="torch.compile the network (torch backend).")
+    cuda_graphs: bool = Field(
+        True, description="Replay the fixed tile shape as a CUDA graph (torch backend, GPU)."
+    )
+    engine_cache: Path | None = Field(
+        None,
+        description="Where built ONNX/TensorRT engines are cached; default: the model's"
+        " version folder in the repository.",
+    )
 
     # --- Redis and the job queue ---------------------------------------------------------
     redis_url: str | None = Field(
@@ -60,6 +78,65 @@ class Settings(BaseSettings):
     )
     max_pixels: int = Field(24_000_000, ge=1, description="Largest accepted frame, width x height.")
     min_side: int = Field(16, ge=1, description="Smallest accepted width or height.")
+    max_request_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="Largest accepted HTTP request body, checked before the multipart parser"
+        " buffers it; default: three exposures of max_upload_bytes plus 1 MiB of form fields.",
+    )
+
+    # --- HTTP API ------------------------------------------------------------------------
+    api_host: str = Field(
+        "127.0.0.1",
+        description="Address `api` and `serve` listen on; 0.0.0.0 in a container.",
+    )
+    api_port: int = Field(8000, ge=0, le=65535, description="Port `api` and `serve` listen on.")
+    sync_wait_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="How long POST /v1/reconstruct waits for the result before answering 202"
+        " with the job instead.",
+    )
+
+    # --- worker --------------------------------------------------------------------------
+    worker_id: str = Field(
+        "",
+        pattern=r"^[A-Za-z0-9_.:-]{0,128}$",
+        description="This worker's name: its consumer name in the group, its heartbeat key,"
+        " what `worker --check` looks up. Default: the host name (one worker per pod or"
+        " host); set it per GPU when one host runs several workers.",
+    )
+    heartbeat_interval_seconds: float = Field(
+        2.0, gt=0, description="How often a worker renews its heartbeat key."
+    )
+    heartbeat_ttl_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Lifetime of a heartbeat key: a worker silent this long counts as gone"
+        " (for GET /v1/models and `worker --check`). Must exceed the interval.",
+    )
+    drain_seconds: float = Field(
+        25.0,
+        ge=0,
+        description="On SIGTERM, how long a worker may finish its job before handing it back"
+        " for re-delivery; keep it below Kubernetes' terminationGracePeriodSeconds.",
+    )
+    worker_metrics_host: str = Field(
+        "0.0.0.0", description="Address of the worker's /metrics and health port."
+    )
+    worker_metrics_port: int = Field(
+        9108,
+        ge=0,
+        le=65535,
+        description="Port of the worker's /metrics, /healthz, /readyz and /v2/health/*;"
+        " 0 picks a free one (announced in the heartbeat and the log).",
+    )
+    embedded_redis_dir: Path | None = Field(
+        None,
+        description="Where `serve` keeps its embedded Redis (no HDR_REDIS_URL): the"
+        " database persists there across restarts; unset, a temporary directory is used"
+        " and jobs are lost when `serve` stops.",
+    )
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -67,6 +144,31 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _refuse_weak_keys(cls, keys: list[str]) -> list[str]:
+        # A short key can be brute-forced over HTTP; refuse to start rather than serve
+        # with one. (The message never repeats a key.)
+        weak = sum(1 for key in keys if len(key) < MIN_API_KEY_LENGTH)
+        if weak:
+            raise ValueError(
+                f"{weak} API key(s) shorter than {MIN_API_KEY_LENGTH} characters;"
+                " use random ones, e.g. from `python -c 'import secrets;"
+                " print(secrets.token_urlsafe())'`"
+            )
+        return keys
+
+    @model_validator(mode="after")
+    def _derive_service_defaults(self) -> Self:
+        if not self.worker_id:
+            self.worker_id = socket.gethostname() or "worker"
+        if self.heartbeat_ttl_seconds <= self.heartbeat_interval_seconds:
+            raise ValueError(
+                f"heartbeat_ttl_seconds ({self.heartbeat_ttl_seconds}) must exceed"
+                f" heartbeat_interval_seconds ({self.heartbeat_interval_seconds})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_tiles(self) -> Self:

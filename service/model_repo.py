@@ -110,6 +110,23 @@ def model_spec(repo: Path, name: str) -> ModelSpec:
     )
 
 
+def checkpoint_spec(path: Path, repo: Path, name: str = "afunet") -> ModelSpec:
+    """A spec for weights given explicitly (``--checkpoint``), using ``name``'s config."""
+    if not path.is_file():
+        raise EngineUnavailable(f"checkpoint {path} does not exist")
+    config = _read_config(repo, name)
+    return ModelSpec(
+        name=name,
+        architecture=str(config.get("architecture", "afunet")),
+        version=None,
+        directory=path.parent,
+        weights=path,
+        backends=tuple(str(b) for b in config.get("backends", ["torch"])),
+        precision=str(config.get("precision", "auto")),
+        tiling=TilingConfig(**{k: int(v) for k, v in (config.get("tiling") or {}).items()}),
+    )
+
+
 def model_names(repo: Path) -> list[str]:
     """Every model folder in the repository (servable or not)."""
     if not repo.is_dir():

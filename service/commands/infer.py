@@ -59,6 +59,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tile-batch", type=int, help="tiles per engine call")
     parser.add_argument("--no-tile", action="store_true", help="run the whole frame at once")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="inference device")
+    parser.add_argument(
+        "--model", help="model of the repository to run (default: HDR_DEFAULT_MODEL, afunet)"
+    )
+    parser.add_argument(
+        "--engine",
+        choices=("torch", "onnxruntime", "tensorrt", "numpy"),
+        help="force a backend instead of the model's config.yaml order",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "fp16", "bf16"),
+        help="network arithmetic (reduced precision needs a GPU)",
+    )
 
 
 def _load_exposures(args: argparse.Namespace):
@@ -81,47 +94,48 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
     from ..engines.pipeline import reconstruct
+    from ..engines.registry import load_model
     from ..engines.runtime import keep_freed_memory
     from ..engines.tiling import TilePlan
-    from ..engines.torch_engine import TorchEngine
-    from ..imaging import write_result
-    from ..model_repo import model_spec
+    from ..imaging import ResultFormat, write_result
 
     overrides = {
         k: v
         for k, v in (
-            ("tile_size", args.tile_size),
-            ("tile_overlap", args.tile_overlap),
-            ("tile_batch", args.tile_batch),
             ("device", args.device),
+            ("engine", args.engine),
+            ("precision", args.precision),
         )
         if v is not None
     }
     settings = settings.model_copy(update=overrides)
-    Settings.model_validate(settings.model_dump())  # re-check tile geometry after overrides
+    suffix = args.output.suffix.lower().lstrip(".")
+    if suffix not in {f.value for f in ResultFormat}:
+        raise InvalidExposureSet(
+            f"cannot tell the result format from {args.output.name!r}: use .exr, .hdr or .png"
+        )
     exposures = _load_exposures(args)
-    checkpoint = args.checkpoint or model_spec(settings.model_repo, settings.default_model).weights
     keep_freed_memory()
-    engine = TorchEngine.from_checkpoint(checkpoint, settings.device)
-    tile = None if args.no_tile else settings.tile_size
-    plan = TilePlan.build(exposures.height, exposures.width, tile, settings.tile_overlap)
+    served = load_model(settings, args.model, args.checkpoint)
+    tile = None if args.no_tile else (args.tile_size or served.tile_size)
+    overlap = served.tile_overlap if args.tile_overlap is None else args.tile_overlap
+    plan = TilePlan.build(exposures.height, exposures.width, tile, overlap)
+    engine = served.engine
     started = time.perf_counter()
     with tqdm(total=len(plan), unit="tile", disable=not sys.stderr.isatty()) as bar:
         hdr = reconstruct(
             engine,
             exposures,
             plan,
-            settings.tile_batch,
+            args.tile_batch or served.tile_batch,
             on_progress=lambda done, _total: bar.update(done - bar.n),
         )
     elapsed = time.perf_counter() - started
-    try:
-        write_result(args.output, hdr, args.dtype)
-    except ValueError as exc:
-        raise InvalidExposureSet(str(exc)) from exc
+    write_result(args.output, hdr, args.dtype)
     megapixels = exposures.width * exposures.height / 1e6
     print(
         f"wrote {args.output} ({exposures.width}x{exposures.height}, {len(plan)} tile(s),"
-        f" {elapsed:.1f} s, {megapixels / elapsed:.3f} MP/s on {engine.device})"
+        f" {elapsed:.1f} s, {megapixels / elapsed:.3f} MP/s, {engine.backend}"
+        f" {engine.precision} on {engine.device})"
     )
     return 0

@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..config import Settings
 from ..errors import EngineUnavailable
-from ..model_repo import ModelSpec, model_spec
+from ..model_repo import ModelSpec, checkpoint_spec, model_spec
 from .base import Engine
+from .cache import engine_dir
 from .tiling import TilePlan
 
 log = logging.getLogger(__name__)
@@ -22,15 +24,62 @@ log = logging.getLogger(__name__)
 EngineFactory = Callable[[ModelSpec, Settings], Engine]
 
 
+def _precision(spec: ModelSpec, settings: Settings) -> str:
+    """``HDR_PRECISION`` wins over config.yaml unless it is ``auto``."""
+    return settings.precision if settings.precision != "auto" else spec.precision
+
+
+def _weights(spec: ModelSpec) -> Path:
+    if spec.weights is None:
+        raise EngineUnavailable(f"model {spec.name!r} has no weights")
+    return spec.weights
+
+
 def _torch_afunet(spec: ModelSpec, settings: Settings) -> Engine:
     from .torch_engine import TorchEngine
 
-    assert spec.weights is not None
-    return TorchEngine.from_checkpoint(spec.weights, settings.device)
+    return TorchEngine.from_checkpoint(
+        _weights(spec),
+        settings.device,
+        _precision(spec, settings),
+        compile_model=settings.torch_compile,
+        cuda_graphs=settings.cuda_graphs,
+    )
+
+
+def _onnxruntime_afunet(spec: ModelSpec, settings: Settings) -> Engine:
+    from .onnxruntime_engine import OnnxRuntimeEngine
+
+    if _precision(spec, settings) not in ("auto", "fp32"):
+        raise EngineUnavailable("the onnxruntime backend runs fp32 only")
+    return OnnxRuntimeEngine(_weights(spec), engine_dir(spec, settings), settings.device)
+
+
+def _tensorrt_afunet(spec: ModelSpec, settings: Settings) -> Engine:
+    from .tensorrt_engine import TensorRTEngine
+
+    if settings.device == "cpu":
+        raise EngineUnavailable("TensorRT needs a GPU and HDR_DEVICE is cpu")
+    precision = _precision(spec, settings)
+    return TensorRTEngine(
+        _weights(spec),
+        engine_dir(spec, settings),
+        precision="bf16" if precision == "auto" else precision,
+        max_batch=max(spec.tiling.batch or settings.tile_batch, 1),
+    )
+
+
+def _numpy_classical(spec: ModelSpec, settings: Settings) -> Engine:
+    from .classical import ClassicalEngine
+
+    return ClassicalEngine()
 
 
 BACKENDS: dict[tuple[str, str], EngineFactory] = {
     ("afunet", "torch"): _torch_afunet,
+    ("afunet", "onnxruntime"): _onnxruntime_afunet,
+    ("afunet", "tensorrt"): _tensorrt_afunet,
+    ("classical", "numpy"): _numpy_classical,
 }
 
 
@@ -84,9 +133,18 @@ def open_engine(spec: ModelSpec, settings: Settings, forced: str | None = None) 
     raise EngineUnavailable(f"no backend can serve {spec.name!r}: " + "; ".join(reasons))
 
 
-def load_model(settings: Settings, name: str | None = None) -> ServedModel:
-    """Resolve ``name`` (default: ``settings.default_model``) and open its engine."""
-    spec = model_spec(settings.model_repo, name or settings.default_model)
+def load_model(
+    settings: Settings, name: str | None = None, weights: Path | None = None
+) -> ServedModel:
+    """Resolve ``name`` (default: ``settings.default_model``) and open its engine.
+
+    ``weights`` replaces the repository's checkpoint (the CLI's ``--checkpoint``).
+    """
+    name = name or settings.default_model
+    if weights is not None:
+        spec = checkpoint_spec(weights, settings.model_repo, name)
+    else:
+        spec = model_spec(settings.model_repo, name)
     engine = open_engine(spec, settings, settings.engine)
     tiling = spec.tiling
     return ServedModel(

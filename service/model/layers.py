@@ -14,7 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .windows import WINDOW_GROUPS, LayoutCache, relative_position_index, shift_masks
+from .windows import (
+    WINDOW_GROUPS,
+    LayoutCache,
+    WindowLayout,
+    relative_position_index,
+    shift_masks,
+)
 
 
 def tokens_to_image(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -40,6 +46,37 @@ def token_conv(conv: nn.Conv2d, x: torch.Tensor, size: tuple[int, int]) -> torch
     """A reflect-padded 3x3 conv on tokens, returning tokens."""
     image = tokens_to_image(x, *size).contiguous(memory_format=torch.channels_last)
     return image_to_tokens(reflect_conv(conv, image))
+
+
+def window_layout(
+    layouts: LayoutCache, x: torch.Tensor, size: tuple[int, int], shift: int
+) -> tuple[WindowLayout, bool]:
+    """The layout for ``x`` and whether to use the per-sample token order.
+
+    Eager runs gather over the flattened batch (one index for all tiles, so every window
+    group is one contiguous run for the fused kernel). A graph export needs an order that
+    does not depend on the batch size, so it gathers each sample along its token axis.
+    """
+    per_sample = torch.onnx.is_in_onnx_export()
+    batch = 1 if per_sample else x.shape[0]
+    return layouts.get(batch, size[0], size[1], shift, x.device), per_sample
+
+
+def to_windows(t: torch.Tensor, layout: WindowLayout, per_sample: bool) -> torch.Tensor:
+    """Pixel-ordered ``(B, L, C)`` tokens in window order: ``(B, L, C)`` or ``(B*L, C)``."""
+    if per_sample:
+        return t.index_select(1, layout.gather)
+    b, tokens, c = t.shape
+    return t.reshape(b * tokens, c).index_select(0, layout.gather)
+
+
+def to_pixels(
+    t: torch.Tensor, layout: WindowLayout, per_sample: bool, like: torch.Tensor
+) -> torch.Tensor:
+    """Window-ordered attention output back to pixel order, shaped like ``like``."""
+    if per_sample:
+        return t.index_select(1, layout.scatter)
+    return t.reshape(-1, like.shape[-1]).index_select(0, layout.scatter).view(like.shape)
 
 
 class Mlp(nn.Module):
@@ -107,8 +144,10 @@ class WindowAttentionCore(nn.Module):
         """Fused attention per window group.
 
         ``q, k, v``: ``(windows, heads, N, head_dim)`` in layout order. Returns
-        ``(windows, N, heads * head_dim)``, contiguous.
+        ``(windows, N, heads * head_dim)``, contiguous. (5-D inputs: the per-sample path.)
         """
+        if q.dim() == 5:
+            return self._attend_per_sample(q, k, v, groups)
         outs = []
         start = 0
         for g, count in enumerate(groups):
@@ -126,10 +165,37 @@ class WindowAttentionCore(nn.Module):
         return out.reshape(w, n, self.dim)
 
     def _heads(self, x: torch.Tensor, parts: int) -> torch.Tensor:
-        """``(windows*N, parts*C)`` projection -> ``(parts, windows, heads, N, head_dim)``."""
+        """Split a projection into heads.
+
+        ``(windows*N, parts*C)`` -> ``(parts, windows, heads, N, head_dim)``, or in the
+        per-sample layout ``(B, L, parts*C)`` -> ``(parts, B, windows, heads, N, head_dim)``.
+        """
         n = self.window * self.window
         head_dim = self.dim // self.num_heads
+        if x.dim() == 3:
+            b = x.shape[0]
+            return x.view(b, -1, n, parts, self.num_heads, head_dim).permute(3, 0, 1, 4, 2, 5)
         return x.view(-1, n, parts, self.num_heads, head_dim).permute(2, 0, 3, 1, 4)
+
+    def _attend_per_sample(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, groups: tuple[int, ...]
+    ) -> torch.Tensor:
+        """Attention on ``(B, windows, heads, N, head_dim)`` with masks broadcast over both
+        batch and windows: plain matmuls, so an exported graph keeps a dynamic batch axis.
+        Returns ``(B, windows*N, C)``."""
+        scale = (self.dim // self.num_heads) ** -0.5
+        outs = []
+        start = 0
+        for g, count in enumerate(groups):
+            if not count:
+                continue
+            sl = slice(start, start + count)
+            mask = self.group_masks[g if self.shift else 0].to(q.dtype)
+            attn = (q[:, sl] * scale) @ k[:, sl].transpose(-2, -1) + mask
+            outs.append((attn.softmax(dim=-1) @ v[:, sl]).transpose(2, 3))
+            start += count
+        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+        return out.reshape(out.shape[0], -1, self.dim)
 
 
 class WindowSelfAttention(WindowAttentionCore):
@@ -181,11 +247,9 @@ class SelfAttentionBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), dim)
 
     def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        b, tokens, c = x.shape
-        layout = self.layouts.get(b, size[0], size[1], self.shift, x.device)
-        windows = self.norm1(x).reshape(b * tokens, c).index_select(0, layout.gather)
-        out = self.attn(windows, layout.group_windows).view(b * tokens, c)
-        x = x + out.index_select(0, layout.scatter).view(b, tokens, c)
+        layout, per_sample = window_layout(self.layouts, x, size, self.shift)
+        out = self.attn(to_windows(self.norm1(x), layout, per_sample), layout.group_windows)
+        x = x + to_pixels(out, layout, per_sample, x)
         return x + self.mlp(self.norm2(x))
 
 
@@ -200,12 +264,13 @@ class CrossAttentionBlock(nn.Module):
         self.mlp = nn.Conv2d(dim, dim, 3, groups=dim)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        b, tokens, c = x.shape
-        layout = self.layouts.get(b, size[0], size[1], 0, x.device)
-        s = (x + y).reshape(b * tokens, c).index_select(0, layout.gather)
-        yw = y.reshape(b * tokens, c).index_select(0, layout.gather)
-        out = self.attn(s, yw, layout.group_windows).view(b * tokens, c)
-        x = x + out.index_select(0, layout.scatter).view(b, tokens, c)
+        layout, per_sample = window_layout(self.layouts, x, size, 0)
+        out = self.attn(
+            to_windows(x + y, layout, per_sample),
+            to_windows(y, layout, per_sample),
+            layout.group_windows,
+        )
+        x = x + to_pixels(out, layout, per_sample, x)
         return x + token_conv(self.mlp, x, size)
 
 
@@ -287,10 +352,13 @@ class ChannelAttention(nn.Module):
         q = self._split(F.linear(y, self.q.weight.flatten(1)))
         k = self._split(F.linear(x, self.k.weight.flatten(1)))
         v = self._split(F.linear(x, self.v.weight.flatten(1)))
-        q = F.normalize(q, dim=-1)
-        k = F.normalize(k, dim=-1)
-        attn = (q @ k.transpose(-2, -1) * self.temperature).softmax(dim=-1)
-        out = (attn @ v).permute(0, 3, 1, 2).reshape(b, tokens, c)
+        # Norms over every pixel of the tile overflow fp16 (and its eps underflows), and
+        # bf16 sums them too coarsely: this C x C map is always computed in float32.
+        with torch.autocast(x.device.type, enabled=False):
+            q = F.normalize(q.float(), dim=-1)
+            k = F.normalize(k.float(), dim=-1)
+            attn = (q @ k.transpose(-2, -1) * self.temperature.float()).softmax(dim=-1)
+        out = (attn.to(v.dtype) @ v).permute(0, 3, 1, 2).reshape(b, tokens, c)
         return F.linear(out, self.project_out.weight.flatten(1))
 
 

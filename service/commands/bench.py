@@ -1,0 +1,23 @@
+"""``hdr-service bench``: the engine benchmark (see ``service.bench.engines``)."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..config import Settings
+
+HELP = "benchmark backends and precisions against the official-style eager forward"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ..bench.engines import build_parser
+
+    build_parser(parser)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from ..bench.engines import report
+    from ..bench.engines import run as run_bench
+
+    report(run_bench(args), args.json)
+    return 0

@@ -1,0 +1,73 @@
+"""``hdr-service export``: build ONNX files or TensorRT plans ahead of serving.
+
+Workers build what they lack on first use; exporting ahead moves that cost out of the
+first job (and out of a pod's start-up probe window). Files land in the engine cache
+that the workers read (the model's version folder, or HDR_ENGINE_CACHE).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..config import Settings
+from ..errors import EngineUnavailable
+
+HELP = "export the model to ONNX or build a TensorRT plan for a tile shape"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", choices=("onnx", "tensorrt"), required=True)
+    parser.add_argument("--model", help="model of the repository (default afunet)")
+    parser.add_argument("--checkpoint", type=Path, help="weights instead of the repository's")
+    parser.add_argument("--tile-size", type=int, help="square tile edge (default: the model's)")
+    parser.add_argument(
+        "--tile",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="a non-square tile shape, e.g. a whole frame for --no-tile",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "fp16", "bf16"),
+        default="bf16",
+        help="TensorRT plan precision (default bf16)",
+    )
+    parser.add_argument("--batch", type=int, help="largest tile batch of the plan")
+    parser.add_argument("--output", type=Path, help="ONNX: write here instead of the cache")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from ..engines.cache import engine_dir
+    from ..model_repo import checkpoint_spec, model_spec
+
+    name = args.model or settings.default_model
+    spec = (
+        checkpoint_spec(args.checkpoint, settings.model_repo, name)
+        if args.checkpoint
+        else model_spec(settings.model_repo, name)
+    )
+    if spec.weights is None:
+        raise EngineUnavailable(f"model {name!r} has no weights to export")
+    size = args.tile_size or spec.tiling.tile_size or settings.tile_size
+    tile_h, tile_w = args.tile if args.tile else (size, size)
+    cache = engine_dir(spec, settings)
+    if args.format == "onnx":
+        if args.output:
+            from ..engines.onnx_export import export_onnx
+            from ..model import load_afunet
+
+            path = export_onnx(load_afunet(spec.weights), args.output, tile_h, tile_w)
+        else:
+            from ..engines.onnxruntime_engine import ensure_onnx
+
+            path = ensure_onnx(cache, spec.weights, tile_h, tile_w)
+    else:
+        from ..engines.tensorrt_engine import TensorRTEngine
+
+        batch = args.batch or spec.tiling.batch or settings.tile_batch
+        engine = TensorRTEngine(spec.weights, cache, args.precision, max_batch=batch)
+        path = engine.prepare(tile_h, tile_w)
+    print(f"{args.format}: {path}")
+    return 0

@@ -1,0 +1,87 @@
+"""The ONNX Runtime backend (CPU; CUDA execution provider when present).
+
+Each tile shape has its own static-shape ONNX file with a dynamic batch axis, exported on
+first use from the checkpoint and cached next to it, so a second worker (or a second
+``--no-tile`` run of the same frame size) starts warm.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import EngineUnavailable
+from .cache import safe_name, weights_digest
+from .onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, export_onnx
+
+log = logging.getLogger(__name__)
+
+
+def onnx_path(cache: Path, weights: Path, tile_h: int, tile_w: int) -> Path:
+    """The cached ONNX file for these weights and tile shape."""
+    name = safe_name(
+        "afunet", weights_digest(weights), f"{tile_h}x{tile_w}", f"opset{DEFAULT_OPSET}"
+    )
+    return cache / f"{name}.onnx"
+
+
+def ensure_onnx(cache: Path, weights: Path, tile_h: int, tile_w: int) -> Path:
+    """Export the ONNX file for this shape unless a matching one is cached."""
+    path = onnx_path(cache, weights, tile_h, tile_w)
+    if not path.is_file():
+        from ..model import load_afunet
+
+        export_onnx(load_afunet(weights), path, tile_h, tile_w)
+    return path
+
+
+class OnnxRuntimeEngine:
+    """AFUNet through ONNX Runtime, one session per tile shape."""
+
+    backend = "onnxruntime"
+    precision = "fp32"
+
+    def __init__(self, weights: Path, cache: Path, device: str = "auto") -> None:
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:
+            raise EngineUnavailable(f"onnxruntime is not installed: {exc}") from exc
+        self._ort = ort
+        available = ort.get_available_providers()
+        want_cuda = device in ("auto", "cuda") and "CUDAExecutionProvider" in available
+        if device == "cuda" and not want_cuda:
+            raise EngineUnavailable("onnxruntime has no CUDA execution provider here")
+        self._providers = (["CUDAExecutionProvider"] if want_cuda else []) + [
+            "CPUExecutionProvider"
+        ]
+        self.device = "cuda" if want_cuda else "cpu"
+        self._weights = weights
+        self._cache = cache
+        self._sessions: dict[tuple[int, int], object] = {}
+        self._lock = threading.Lock()
+
+    def _session(self, tile_h: int, tile_w: int):
+        key = (tile_h, tile_w)
+        with self._lock:
+            session = self._sessions.get(key)
+            if session is None:
+                path = ensure_onnx(self._cache, self._weights, tile_h, tile_w)
+                options = self._ort.SessionOptions()
+                options.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+                session = self._ort.InferenceSession(
+                    str(path), sess_options=options, providers=self._providers
+                )
+                self._sessions[key] = session
+                log.info("onnxruntime session for %dx%d tiles from %s", tile_w, tile_h, path)
+        return session
+
+    def warmup(self, tile_h: int, tile_w: int, batch: int) -> None:
+        self.run(np.zeros((batch, 18, tile_h, tile_w), dtype=np.float32))
+
+    def run(self, tiles: np.ndarray) -> np.ndarray:
+        tiles = np.ascontiguousarray(tiles, dtype=np.float32)
+        session = self._session(tiles.shape[2], tiles.shape[3])
+        return session.run([OUTPUT_NAME], {INPUT_NAME: tiles})[0]  # type: ignore[attr-defined]

@@ -1,0 +1,294 @@
+"""The TensorRT backend (10.x/11.x Python API): plan building, caching and execution.
+
+Plans are built from the cached ONNX export with an optimisation profile over the batch
+axis, a workspace limit and a persistent timing cache, in fp32, fp16 or bf16 with the
+numerically fragile layers pinned to fp32: every normalisation layer (LayerNorm) and the
+channel attention's frame-wide L2 norms, their matmul and softmax. A plan is specific to
+the GPU model, compute capability, TensorRT version, precision, tile shape and weights,
+and all of these are in its file name and in a JSON sidecar; a plan whose sidecar does not
+match the running GPU is refused with a message that says what differs, instead of
+TensorRT's generic deserialisation failure.
+
+Execution uses ``execute_async_v3`` with tensor addresses bound on a CUDA stream; device
+buffers are torch tensors (torch is a dependency of every worker anyway).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import EngineFault, EngineUnavailable
+from .cache import safe_name, weights_digest, write_atomic
+from .onnx_export import INPUT_NAME, OUTPUT_NAME
+from .onnxruntime_engine import ensure_onnx
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+DEFAULT_WORKSPACE_BYTES = 4 << 30
+#: Layers whose names match one of these stay fp32 in reduced-precision plans: the
+#: channel attention of the fusion modules (frame-wide sums of squares and their softmax).
+FP32_NAME_PATTERNS = ("/f_12.", "/f_32.")
+FP32_OPS_IN_PATTERN = ("ReduceL2", "Norm", "Div", "Clip", "Max", "MatMul", "Softmax", "Mul")
+
+
+def _import_trt() -> Any:
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise EngineUnavailable(f"TensorRT is not installed: {exc}") from exc
+    return trt
+
+
+@dataclass(frozen=True)
+class PlanKey:
+    """Everything a TensorRT plan is only valid for."""
+
+    gpu: str
+    capability: str
+    tensorrt: str
+    precision: str
+    tile_h: int
+    tile_w: int
+    max_batch: int
+    weights: str
+
+    def file_name(self) -> str:
+        return (
+            safe_name(
+                "afunet",
+                self.weights,
+                self.gpu,
+                f"sm{self.capability}",
+                f"trt{self.tensorrt}",
+                self.precision,
+                f"{self.tile_h}x{self.tile_w}",
+                f"b{self.max_batch}",
+            )
+            + ".plan"
+        )
+
+    def mismatch(self, other: PlanKey) -> list[str]:
+        """Human-readable differences that make a plan unusable here."""
+        mine, theirs = asdict(self), asdict(other)
+        return [
+            f"{k} {theirs[k]!r} (this worker: {mine[k]!r})" for k in mine if mine[k] != theirs[k]
+        ]
+
+
+def current_key(
+    trt: Any,
+    precision: str,
+    tile_h: int,
+    tile_w: int,
+    max_batch: int,
+    weights: Path,
+    device_index: int = 0,
+) -> PlanKey:
+    import torch
+
+    major, minor = torch.cuda.get_device_capability(device_index)
+    return PlanKey(
+        gpu=torch.cuda.get_device_name(device_index),
+        capability=f"{major}{minor}",
+        tensorrt=str(trt.__version__),
+        precision=precision,
+        tile_h=tile_h,
+        tile_w=tile_w,
+        max_batch=max_batch,
+        weights=weights_digest(weights),
+    )
+
+
+def _pin_fragile_layers(trt: Any, network: Any) -> int:
+    """Keep normalisation layers and the channel attention's reductions in fp32."""
+    pinned = 0
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        if layer.type == trt.LayerType.NORMALIZATION:
+            layer.compute_precision = trt.float32
+        elif not (
+            any(p in layer.name for p in FP32_NAME_PATTERNS)
+            and any(op in layer.name for op in FP32_OPS_IN_PATTERN)
+        ):
+            continue
+        layer.precision = trt.float32
+        for j in range(layer.num_outputs):
+            if layer.get_output(j).dtype in (trt.float32, trt.float16, trt.bfloat16):
+                layer.set_output_type(j, trt.float32)
+        pinned += 1
+    return pinned
+
+
+def build_plan(
+    trt: Any,
+    onnx_file: Path,
+    key: PlanKey,
+    opt_batch: int,
+    timing_cache: Path,
+    workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
+) -> bytes:
+    """Build a serialised plan for ``key`` from ``onnx_file``."""
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(onnx_file.read_bytes()):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EngineUnavailable(f"TensorRT cannot parse {onnx_file.name}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+    if key.precision == "fp16":
+        config.set_flag(trt.BuilderFlag.FP16)
+    elif key.precision == "bf16":
+        config.set_flag(trt.BuilderFlag.BF16)
+    if key.precision != "fp32":
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+        log.info("pinned %d fragile layers to fp32", _pin_fragile_layers(trt, network))
+    profile = builder.create_optimization_profile()
+    shape = (18, key.tile_h, key.tile_w)
+    profile.set_shape(
+        INPUT_NAME, (1, *shape), (min(opt_batch, key.max_batch), *shape), (key.max_batch, *shape)
+    )
+    config.add_optimization_profile(profile)
+    cache_bytes = timing_cache.read_bytes() if timing_cache.is_file() else b""
+    cache = config.create_timing_cache(cache_bytes)
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise EngineUnavailable(f"TensorRT failed to build a {key.precision} plan for {key}")
+    write_atomic(timing_cache, bytes(config.get_timing_cache().serialize()))
+    return bytes(plan)
+
+
+class TensorRTEngine:
+    """Runs cached (or freshly built) TensorRT plans, one per tile shape."""
+
+    backend = "tensorrt"
+
+    def __init__(
+        self,
+        weights: Path,
+        cache: Path,
+        precision: str = "bf16",
+        max_batch: int = 4,
+        device_index: int = 0,
+        build: bool = True,
+    ) -> None:
+        import torch
+
+        self._trt = _import_trt()
+        if not torch.cuda.is_available():
+            raise EngineUnavailable("TensorRT needs a CUDA GPU and none is available")
+        if precision not in PRECISIONS:
+            raise EngineUnavailable(f"unknown TensorRT precision {precision!r}")
+        self.precision = precision
+        self.device = f"cuda:{device_index}"
+        self._torch = torch
+        self._weights = weights
+        self._cache = cache
+        self._max_batch = max_batch
+        self._device_index = device_index
+        self._build = build
+        self._runtime = self._trt.Runtime(self._trt.Logger(self._trt.Logger.WARNING))
+        self._contexts: dict[tuple[int, int], tuple[Any, Any]] = {}
+        self._stream = torch.cuda.Stream(device=device_index)
+        self._lock = threading.Lock()
+
+    # --- plans -----------------------------------------------------------------------------
+
+    def plan_path(self, tile_h: int, tile_w: int) -> tuple[Path, PlanKey]:
+        key = current_key(
+            self._trt,
+            self.precision,
+            tile_h,
+            tile_w,
+            self._max_batch,
+            self._weights,
+            self._device_index,
+        )
+        return self._cache / "tensorrt" / key.file_name(), key
+
+    def load_plan(self, path: Path, expected: PlanKey) -> Any:
+        """Deserialise ``path``, refusing a plan made for another GPU or TensorRT."""
+        meta_path = path.with_suffix(".json")
+        if meta_path.is_file():
+            recorded = PlanKey(**json.loads(meta_path.read_text()))
+            differences = expected.mismatch(recorded)
+            if differences:
+                raise EngineUnavailable(
+                    f"TensorRT plan {path.name} does not match this worker: "
+                    + "; ".join(differences)
+                )
+        engine = self._runtime.deserialize_cuda_engine(path.read_bytes())
+        if engine is None:
+            raise EngineUnavailable(
+                f"TensorRT could not deserialise {path.name}: it was built for another GPU"
+                f" or TensorRT version (this worker: {expected.gpu}, sm{expected.capability},"
+                f" TensorRT {expected.tensorrt})"
+            )
+        return engine
+
+    def prepare(self, tile_h: int, tile_w: int) -> Path:
+        """Build (or find) and load the plan for this tile shape; returns its path."""
+        self._context(tile_h, tile_w)
+        return self.plan_path(tile_h, tile_w)[0]
+
+    def _context(self, tile_h: int, tile_w: int) -> tuple[Any, Any]:
+        with self._lock:
+            found = self._contexts.get((tile_h, tile_w))
+            if found is not None:
+                return found
+            path, key = self.plan_path(tile_h, tile_w)
+            if not path.is_file():
+                if not self._build:
+                    raise EngineUnavailable(f"no TensorRT plan {path} and building is disabled")
+                onnx_file = ensure_onnx(self._cache, self._weights, tile_h, tile_w)
+                log.info("building TensorRT %s plan for %dx%d tiles", key.precision, tile_w, tile_h)
+                plan = build_plan(
+                    self._trt,
+                    onnx_file,
+                    key,
+                    self._max_batch,
+                    self._cache / "tensorrt" / "timing.cache",
+                )
+                write_atomic(path, plan)
+                write_atomic(path.with_suffix(".json"), json.dumps(asdict(key)).encode())
+            engine = self.load_plan(path, key)
+            context = engine.create_execution_context()
+            self._contexts[(tile_h, tile_w)] = (engine, context)
+            return engine, context
+
+    # --- running ---------------------------------------------------------------------------
+
+    def warmup(self, tile_h: int, tile_w: int, batch: int) -> None:
+        self.run(np.zeros((batch, 18, tile_h, tile_w), dtype=np.float32))
+
+    def run(self, tiles: np.ndarray) -> np.ndarray:
+        torch = self._torch
+        batch, _, tile_h, tile_w = tiles.shape
+        if batch > self._max_batch:
+            return np.concatenate(
+                [self.run(tiles[i : i + self._max_batch]) for i in range(0, batch, self._max_batch)]
+            )
+        engine, context = self._context(tile_h, tile_w)
+        device = torch.device(self.device)
+        x = torch.from_numpy(np.ascontiguousarray(tiles, dtype=np.float32)).to(device)
+        if engine.get_tensor_dtype(INPUT_NAME) != self._trt.float32:
+            raise EngineFault(f"TensorRT plan expects {engine.get_tensor_dtype(INPUT_NAME)} input")
+        out = torch.empty((batch, 3, tile_h, tile_w), dtype=torch.float32, device=device)
+        context.set_input_shape(INPUT_NAME, tuple(x.shape))
+        context.set_tensor_address(INPUT_NAME, x.data_ptr())
+        context.set_tensor_address(OUTPUT_NAME, out.data_ptr())
+        self._stream.wait_stream(torch.cuda.current_stream(device))
+        if not context.execute_async_v3(self._stream.cuda_stream):
+            raise EngineFault("TensorRT execute_async_v3 failed")
+        self._stream.synchronize()
+        return out.cpu().numpy()

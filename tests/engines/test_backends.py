@@ -1,0 +1,186 @@
+"""Backends behind the Engine interface: ONNX export parity, caching, selection, precision."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from service.config import Settings
+from service.engines.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
+from service.engines.onnxruntime_engine import OnnxRuntimeEngine, onnx_path
+from service.engines.registry import load_model, open_engine
+from service.engines.tensorrt_engine import PlanKey, TensorRTEngine
+from service.engines.torch_engine import TorchEngine, resolve_precision
+from service.errors import EngineUnavailable
+from service.model import load_afunet
+from service.model_repo import model_spec
+from tests.factories import GOLDEN_CHECKPOINT
+
+HAS_CUDA = torch.cuda.is_available()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_afunet(GOLDEN_CHECKPOINT)
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    """A model repository holding the golden checkpoint as afunet version 3."""
+    (tmp_path / "afunet" / "3").mkdir(parents=True)
+    shutil.copy(GOLDEN_CHECKPOINT, tmp_path / "afunet" / "3" / "model.pth")
+    (tmp_path / "afunet" / "config.yaml").write_text(
+        "architecture: afunet\nbackends: [tensorrt, onnxruntime, torch]\n"
+        "tiling: {tile_size: 64, overlap: 8, batch: 2}\n"
+    )
+    return tmp_path
+
+
+def _tiles(batch: int, h: int, w: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.random((batch, 18, h, w), dtype=np.float32)
+
+
+def test_onnx_export_is_valid_and_matches_pytorch_with_dynamic_batch(tmp_path, model) -> None:
+    path = export_onnx(model, tmp_path / "m.onnx", 48, 64)
+    graph = onnx.load(str(path))
+    onnx.checker.check_model(graph)
+    assert graph.opset_import[0].version == 17
+    assert [i.name for i in graph.graph.input] == [INPUT_NAME]
+    assert [o.name for o in graph.graph.output] == [OUTPUT_NAME]
+    assert any(n.op_type == "LayerNormalization" for n in graph.graph.node)
+    # No dense (windows, 64, 64) shift masks: the largest constant is a 3x3 conv's weight.
+    biggest = max(np.prod(t.dims) for t in graph.graph.initializer)
+    assert biggest == 72 * 72 * 3 * 3
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch in (1, 3):
+        x = _tiles(batch, 48, 64, seed=batch)
+        with torch.inference_mode():
+            expected = model(torch.from_numpy(x)).numpy()
+        got = session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+        assert got.shape == (batch, 3, 48, 64)
+        assert np.abs(got - expected).max() <= 1e-4
+
+
+def test_onnxruntime_engine_caches_exports_per_shape(tmp_path) -> None:
+    engine = OnnxRuntimeEngine(GOLDEN_CHECKPOINT, tmp_path, "cpu")
+    out = engine.run(_tiles(2, 40, 56))
+    cached = onnx_path(tmp_path, GOLDEN_CHECKPOINT, 40, 56)
+    assert out.shape == (2, 3, 40, 56) and cached.is_file()
+    stamp = cached.stat().st_mtime_ns
+    again = OnnxRuntimeEngine(GOLDEN_CHECKPOINT, tmp_path, "cpu")  # a second worker
+    assert np.array_equal(again.run(_tiles(2, 40, 56)), out)
+    assert cached.stat().st_mtime_ns == stamp  # reused, not re-exported
+
+
+def test_backend_falls_back_in_config_order_with_reason(repo, caplog) -> None:
+    settings = Settings(model_repo=repo, device="cpu")
+    with caplog.at_level(logging.WARNING, logger="service.engines.registry"):
+        served = load_model(settings)
+    assert served.engine.backend == "onnxruntime"
+    assert "tensorrt" in caplog.text
+    assert (served.tile_size, served.tile_overlap, served.tile_batch) == (64, 8, 2)
+    assert served.describe()["version"] == 3
+
+
+def test_forced_backend_that_cannot_open_is_a_clear_error(repo) -> None:
+    spec = model_spec(repo, "afunet")
+    with pytest.raises(EngineUnavailable, match="no backend can serve 'afunet': tensorrt"):
+        open_engine(spec, Settings(model_repo=repo, device="cpu"), "tensorrt")
+    with pytest.raises(EngineUnavailable, match="not implemented"):
+        open_engine(spec, Settings(model_repo=repo), "numpy-fast")
+
+
+def test_repository_engines_are_cached_in_the_version_folder(repo) -> None:
+    served = load_model(Settings(model_repo=repo, device="cpu", engine="onnxruntime"))
+    served.engine.warmup(64, 64, 1)
+    assert list((repo / "afunet" / "3" / "engines").glob("*64x64*.onnx"))
+
+
+def test_torch_engine_refuses_reduced_precision_on_cpu() -> None:
+    assert resolve_precision("auto", torch.device("cpu")) == "fp32"
+    for precision in ("fp16", "bf16"):
+        with pytest.raises(EngineUnavailable, match="needs a CUDA GPU"):
+            resolve_precision(precision, torch.device("cpu"))
+
+
+def test_torch_engine_runs_batches_on_cpu(model) -> None:
+    engine = TorchEngine(load_afunet(GOLDEN_CHECKPOINT), torch.device("cpu"), "auto")
+    x = _tiles(2, 32, 40)
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(x)).numpy()
+    assert engine.precision == "fp32"
+    assert np.array_equal(engine.run(x), expected)
+
+
+def test_plan_key_names_every_property_it_depends_on() -> None:
+    key = PlanKey("NVIDIA H100 80GB HBM3", "90", "10.9.0", "bf16", 256, 256, 4, "abc123")
+    name = key.file_name()
+    for part in ("NVIDIA-H100-80GB-HBM3", "sm90", "trt10.9.0", "bf16", "256x256", "b4", "abc123"):
+        assert part in name
+    other = PlanKey("NVIDIA A100-SXM4-40GB", "80", "10.9.0", "bf16", 256, 256, 4, "abc123")
+    differences = key.mismatch(other)
+    assert len(differences) == 2 and "A100" in differences[0] and "'80'" in differences[1]
+
+
+@pytest.mark.skipif(
+    __import__("importlib").util.find_spec("tensorrt") is not None,
+    reason="checks the behaviour where TensorRT is absent",
+)
+def test_tensorrt_engine_without_tensorrt_is_unavailable() -> None:
+    with pytest.raises(EngineUnavailable, match="TensorRT is not installed"):
+        TensorRTEngine(GOLDEN_CHECKPOINT, Path("/nonexistent"), "bf16")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU on this machine")
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
+def test_torch_cuda_precisions_track_fp32(model, precision) -> None:
+    x = _tiles(2, 64, 64, seed=3)
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(x)).numpy()
+    engine = TorchEngine(load_afunet(GOLDEN_CHECKPOINT), torch.device("cuda"), precision)
+    got = engine.run(x)
+    tolerance = {"fp32": 1e-4, "bf16": 3e-2, "fp16": 5e-3}[precision]
+    assert np.abs(got - expected).max() <= tolerance
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA GPU on this machine")
+def test_cuda_graph_replay_equals_eager() -> None:
+    x = _tiles(2, 64, 64, seed=4)
+    eager = TorchEngine(load_afunet(GOLDEN_CHECKPOINT), torch.device("cuda"), "fp32")
+    graphs = TorchEngine(
+        load_afunet(GOLDEN_CHECKPOINT), torch.device("cuda"), "fp32", cuda_graphs=True
+    )
+    first = graphs.run(x)
+    second = graphs.run(_tiles(2, 64, 64, seed=5))
+    assert np.abs(first - eager.run(x)).max() <= 1e-5
+    assert np.abs(second - eager.run(_tiles(2, 64, 64, seed=5))).max() <= 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    __import__("importlib").util.find_spec("tensorrt") is None or not HAS_CUDA,
+    reason="TensorRT is not installed here (or no CUDA GPU)",
+)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_tensorrt_plan_builds_caches_and_matches_pytorch(tmp_path, model, precision) -> None:
+    engine = TensorRTEngine(GOLDEN_CHECKPOINT, tmp_path, precision, max_batch=2)
+    x = _tiles(2, 64, 64, seed=6)
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(x)).numpy()
+    got = engine.run(x)
+    assert np.abs(got - expected).max() <= (1e-3 if precision == "fp32" else 3e-2)
+    path = engine.prepare(64, 64)
+    assert path.is_file() and path.with_suffix(".json").is_file()
+    reopened = TensorRTEngine(GOLDEN_CHECKPOINT, tmp_path, precision, max_batch=2, build=False)
+    assert np.array_equal(reopened.run(x), got)
