@@ -25,6 +25,8 @@ COMMANDS: dict[str, str] = {
     "infer": "infer",
     "export": "export",
     "bench": "bench",
+    "evaluate": "evaluate",
+    "synth": "synth",
 }
 
 

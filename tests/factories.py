@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -50,3 +51,86 @@ def write_scene(
         text = evs if isinstance(evs, str) else "\n".join(f"{v:.2f}" for v in evs) + "\n"
         (folder / "exposure.txt").write_text(text)
     return folder
+
+
+def write_label(folder: Path, label: np.ndarray, name: str = "HDRImg.hdr") -> Path:
+    """An HDR label next to a scene's exposures (Radiance RGBE, as the datasets ship it)."""
+    from service.imaging import encode_radiance
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_bytes(encode_radiance(label))
+    return path
+
+
+# --- the service's uploads and model repositories (tests/api, tests/worker) ----------------
+
+
+def tiff_file(frame: np.ndarray) -> bytes:
+    """An RGB TIFF of ``frame`` as a client would upload it."""
+    stream = io.BytesIO()
+    tifffile.imwrite(stream, frame, photometric="rgb")
+    return stream.getvalue()
+
+
+def golden_uploads() -> list[tuple[str, bytes]]:
+    """The golden case's three TIFFs, short to long: (file name, bytes)."""
+    return [(p.name, p.read_bytes()) for p in sorted(GOLDEN_SEED0.glob("input_*.tif"))]
+
+
+def bracket_uploads(
+    height: int = 48,
+    width: int = 64,
+    evs: Sequence[float] = (-2.0, 0.0, 2.0),
+    seed: int = 0,
+    bits: int = 16,
+) -> list[tuple[str, bytes]]:
+    """Three TIFF uploads of :func:`bracket_frames`, short to long: (file name, bytes)."""
+    frames = bracket_frames(height, width, evs, seed, bits)
+    return [(f"ev{ev:+g}.tif", tiff_file(frame)) for ev, frame in zip(evs, frames, strict=True)]
+
+
+def exposure_files(uploads: Sequence[tuple[str, bytes]]) -> list[tuple[str, tuple[str, bytes]]]:
+    """``uploads`` as the ``files=`` of an httpx multipart request (field ``exposures``)."""
+    return [("exposures", (name, data)) for name, data in uploads]
+
+
+def write_model_repo(
+    root: Path,
+    checkpoint: Path = GOLDEN_CHECKPOINT,
+    tile_size: int = 128,
+    overlap: int = 8,
+    batch: int = 1,
+) -> Path:
+    """A model repository holding ``afunet/1/model.pth`` (a link to ``checkpoint``)."""
+    folder = root / "afunet"
+    (folder / "1").mkdir(parents=True, exist_ok=True)
+    (folder / "1" / "model.pth").symlink_to(checkpoint)
+    (folder / "config.yaml").write_text(
+        "architecture: afunet\nbackends: [torch]\n"
+        f"tiling:\n  tile_size: {tile_size}\n  overlap: {overlap}\n  batch: {batch}\n"
+    )
+    return root
+
+
+def unit_frames(exposures) -> list[np.ndarray]:
+    """The exposures' frames as the unit-range float32 images the model input is built of."""
+    from service.imaging import to_unit_float
+
+    return [to_unit_float(f) for f in exposures.frames]
+
+
+def whole_input(exposures) -> np.ndarray:
+    """The ``(1, 18, H, W)`` model input of a whole exposure set (one tile)."""
+    from service.model.preprocess import TileBatch
+
+    crop = exposures.raw_crop(0, 0, exposures.height, exposures.width)
+    return TileBatch(crop[None], exposures.evs).model_input()
+
+
+def tile_batch(exposures):
+    """The whole exposure set as a one-tile engine batch."""
+    from service.model.preprocess import TileBatch
+
+    crop = exposures.raw_crop(0, 0, exposures.height, exposures.width)
+    return TileBatch(crop[None], exposures.evs)
