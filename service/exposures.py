@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InvalidExposureSet, UnsupportedImage
-from .imaging import DecodedImage, check_bracket, read_image, to_unit_float
+from .imaging import DecodedImage, check_bracket, read_image, widen_to_16bit
 
 EXPOSURES = 3
 #: Files a scene folder's frames may have, in order of preference (TIFF is Kalantari's).
@@ -95,9 +95,9 @@ class ExposureSet:
     def width(self) -> int:
         return int(self.frames[0].shape[1])
 
-    def unit_crops(self, y: int, x: int, h: int, w: int) -> list[np.ndarray]:
-        """The three frames' ``h x w`` crops at ``(y, x)`` as unit-range float32."""
-        return [to_unit_float(f[y : y + h, x : x + w]) for f in self.frames]
+    def raw_crop(self, y: int, x: int, h: int, w: int) -> np.ndarray:
+        """``(3, h, w, 3)`` uint16: the three frames' crop at ``(y, x)`` as 16-bit values."""
+        return np.stack([widen_to_16bit(f[y : y + h, x : x + w]) for f in self.frames])
 
 
 def load_exposure_files(paths: Sequence[str | Path], evs: Sequence[float]) -> ExposureSet:

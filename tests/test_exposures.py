@@ -16,6 +16,7 @@ from service.exposures import (
     load_exposure_files,
     load_scene_dir,
 )
+from service.imaging import to_unit_float
 from tests.factories import bracket_frames, write_scene
 
 
@@ -104,7 +105,7 @@ def test_8bit_pngs_are_scaled_like_16bit_values(tmp_path: Path) -> None:
         paths.append(tmp_path / f"{i}.png")
         Image.fromarray(frame).save(paths[-1])
     loaded = load_exposure_files(paths, [-2, 0, 2])
-    crop = loaded.unit_crops(0, 0, 16, 16)[1]
+    crop = to_unit_float(loaded.raw_crop(0, 0, 16, 16)[1])
     assert crop.dtype == np.float32
     assert np.array_equal(crop, (frames[1].astype(np.float64) * 257 / 65536).astype(np.float32))
 

@@ -26,6 +26,7 @@ from ..model.layers import (
     SelfAttentionBlock,
     WindowAttentionCore,
 )
+from ..model.preprocess import TileBatch
 from ..model.windows import SHIFT_MASK_VALUE
 
 
@@ -164,10 +165,10 @@ class OfficialStyleEngine:
         self.model = model.float().eval().cpu()
 
     def warmup(self, tile_h: int, tile_w: int, batch: int) -> None:
-        self.run(np.zeros((batch, 18, tile_h, tile_w), dtype=np.float32))
+        self.run(TileBatch.blank(batch, tile_h, tile_w))
 
-    def run(self, tiles: np.ndarray) -> np.ndarray:
-        return official_style_forward(self.model, torch.from_numpy(tiles)).numpy()
+    def run(self, batch: TileBatch) -> np.ndarray:
+        return official_style_forward(self.model, torch.from_numpy(batch.model_input())).numpy()
 
 
 @torch.inference_mode()

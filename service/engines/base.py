@@ -1,8 +1,8 @@
 """The small interface every inference backend implements.
 
-An engine turns a batch of preprocessed tiles into HDR tiles. Tiling, blending and
-preprocessing live outside it (``pipeline.py``), so a backend is only "run this network
-on this array" plus what it needs to get ready.
+An engine turns a batch of tiles (raw crops plus EV stops) into HDR tiles. Tiling and
+blending live outside it (``pipeline.py``); the engine builds the model input where it
+computes, so a GPU engine preprocesses on the GPU.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Protocol
 
 import numpy as np
+
+from ..model.preprocess import TileBatch
 
 
 class Engine(Protocol):
@@ -26,6 +28,10 @@ class Engine(Protocol):
         """Run once at the serving shape so the first job pays no compilation or caching."""
         ...
 
-    def run(self, tiles: np.ndarray) -> np.ndarray:
-        """``(B, 18, h, w)`` float32 inputs to ``(B, 3, h, w)`` float32 linear HDR."""
+    def run(self, batch: TileBatch) -> np.ndarray:
+        """A batch of tiles to ``(B, 3, h, w)`` float32 linear HDR.
+
+        ``batch.model_input()`` gives the official 18-channel input on the host; an engine
+        on a GPU may build it there from ``batch.frames`` instead.
+        """
         ...

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import EngineUnavailable
+from ..model.preprocess import TileBatch
 from .cache import safe_name, weights_digest
 from .onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, export_onnx
 
@@ -79,9 +80,9 @@ class OnnxRuntimeEngine:
         return session
 
     def warmup(self, tile_h: int, tile_w: int, batch: int) -> None:
-        self.run(np.zeros((batch, 18, tile_h, tile_w), dtype=np.float32))
+        self.run(TileBatch.blank(batch, tile_h, tile_w))
 
-    def run(self, tiles: np.ndarray) -> np.ndarray:
-        tiles = np.ascontiguousarray(tiles, dtype=np.float32)
-        session = self._session(tiles.shape[2], tiles.shape[3])
+    def run(self, batch: TileBatch) -> np.ndarray:
+        tiles = batch.model_input()
+        session = self._session(batch.height, batch.width)
         return session.run([OUTPUT_NAME], {INPUT_NAME: tiles})[0]  # type: ignore[attr-defined]

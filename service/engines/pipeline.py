@@ -7,7 +7,7 @@ from collections.abc import Callable
 import numpy as np
 
 from ..exposures import ExposureSet
-from ..model.preprocess import build_model_input
+from ..model.preprocess import TileBatch
 from .base import Engine
 from .tiling import TileBlender, TilePlan
 
@@ -24,8 +24,9 @@ def reconstruct(
 ) -> np.ndarray:
     """Run ``engine`` over ``plan``'s tiles of ``exposures``: ``H x W x 3`` float32.
 
-    Each tile's input is built from its own crop (preprocessing is per pixel, so this
-    equals cropping the full-frame input) to keep memory proportional to the tile batch.
+    Each batch carries only its tiles' raw crops (preprocessing is per pixel, so building
+    the input per tile equals cropping the full-frame input): memory stays proportional
+    to the tile batch, and the engine preprocesses on its own device.
     """
     if (plan.height, plan.width) != (exposures.height, exposures.width):
         raise ValueError(
@@ -35,15 +36,8 @@ def reconstruct(
     blender = TileBlender(plan)
     done = 0
     for tiles in plan.batches(batch):
-        inputs = np.concatenate(
-            [
-                build_model_input(
-                    exposures.unit_crops(t.y, t.x, plan.tile_h, plan.tile_w), exposures.evs
-                )
-                for t in tiles
-            ]
-        )
-        outputs = engine.run(inputs)
+        frames = np.stack([exposures.raw_crop(t.y, t.x, plan.tile_h, plan.tile_w) for t in tiles])
+        outputs = engine.run(TileBatch(frames, exposures.evs))
         for tile, prediction in zip(tiles, outputs, strict=True):
             blender.add(tile, prediction)
         done += len(tiles)

@@ -38,13 +38,34 @@ def _weights(spec: ModelSpec) -> Path:
 def _torch_afunet(spec: ModelSpec, settings: Settings) -> Engine:
     from .torch_engine import TorchEngine
 
-    return TorchEngine.from_checkpoint(
-        _weights(spec),
-        settings.device,
-        _precision(spec, settings),
-        compile_model=settings.torch_compile,
-        cuda_graphs=settings.cuda_graphs,
+    def build(precision: str) -> TorchEngine:
+        return TorchEngine.from_checkpoint(
+            _weights(spec),
+            settings.device,
+            precision,
+            compile_model=settings.torch_compile,
+            cuda_graphs=settings.cuda_graphs,
+        )
+
+    engine = build(_precision(spec, settings))
+    if engine.precision != "fp16":
+        return engine
+    from .parity import FP16_MIN_PSNR_MU_DB, parity_db, probe_inputs
+
+    reference = TorchEngine.from_checkpoint(_weights(spec), settings.device, "fp32")
+    score = parity_db(engine, reference, probe_inputs())
+    engine.parity_db = score
+    if score >= FP16_MIN_PSNR_MU_DB:
+        log.info("fp16 parity %.1f dB PSNR-mu against fp32: serving fp16", score)
+        return engine
+    log.warning(
+        "fp16 parity %.1f dB PSNR-mu is below %.0f dB: serving bf16 instead",
+        score,
+        FP16_MIN_PSNR_MU_DB,
     )
+    fallback = build("bf16")
+    fallback.fallback_reason = f"fp16 parity {score:.1f} dB < {FP16_MIN_PSNR_MU_DB:.0f} dB"
+    return fallback
 
 
 def _onnxruntime_afunet(spec: ModelSpec, settings: Settings) -> Engine:
@@ -110,7 +131,17 @@ class ServedModel:
             "tile_size": self.tile_size,
             "tile_overlap": self.tile_overlap,
             "tile_batch": self.tile_batch,
+            "precision_note": _precision_note(self.engine),
         }
+
+
+def _precision_note(engine: Engine) -> str | None:
+    """Why the precision is what it is, where a parity check or fallback decided it."""
+    reason = getattr(engine, "fallback_reason", None)
+    if reason:
+        return f"serving {engine.precision}: {reason}"
+    score = getattr(engine, "parity_db", None)
+    return None if score is None else f"fp16 parity {score:.1f} dB PSNR-mu vs fp32"
 
 
 def open_engine(spec: ModelSpec, settings: Settings, forced: str | None = None) -> Engine:

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import EngineFault, EngineUnavailable
+from ..model.preprocess import TileBatch, build_model_input_torch
 from .cache import safe_name, weights_digest, write_atomic
 from .onnx_export import INPUT_NAME, OUTPUT_NAME
 from .onnxruntime_engine import ensure_onnx
@@ -269,18 +270,23 @@ class TensorRTEngine:
     # --- running ---------------------------------------------------------------------------
 
     def warmup(self, tile_h: int, tile_w: int, batch: int) -> None:
-        self.run(np.zeros((batch, 18, tile_h, tile_w), dtype=np.float32))
+        self.run(TileBatch.blank(batch, tile_h, tile_w))
 
-    def run(self, tiles: np.ndarray) -> np.ndarray:
+    def run(self, tiles: TileBatch) -> np.ndarray:
         torch = self._torch
-        batch, _, tile_h, tile_w = tiles.shape
+        batch, tile_h, tile_w = tiles.size, tiles.height, tiles.width
         if batch > self._max_batch:
+            step = self._max_batch
             return np.concatenate(
-                [self.run(tiles[i : i + self._max_batch]) for i in range(0, batch, self._max_batch)]
+                [
+                    self.run(TileBatch(tiles.frames[i : i + step], tiles.evs))
+                    for i in range(0, batch, step)
+                ]
             )
         engine, context = self._context(tile_h, tile_w)
         device = torch.device(self.device)
-        x = torch.from_numpy(np.ascontiguousarray(tiles, dtype=np.float32)).to(device)
+        frames = torch.from_numpy(np.ascontiguousarray(tiles.frames)).to(device)
+        x = build_model_input_torch(frames, tiles.evs).contiguous()
         if engine.get_tensor_dtype(INPUT_NAME) != self._trt.float32:
             raise EngineFault(f"TensorRT plan expects {engine.get_tensor_dtype(INPUT_NAME)} input")
         out = torch.empty((batch, 3, tile_h, tile_w), dtype=torch.float32, device=device)

@@ -20,6 +20,7 @@ import torch
 
 from ..errors import EngineUnavailable
 from ..model import AFUNet, load_afunet
+from ..model.preprocess import TileBatch, build_model_input_torch
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,10 @@ class TorchEngine:
     ) -> None:
         self._device = device
         self.precision = resolve_precision(precision, device)
+        if device.type == "cuda" and self.precision == "fp32":
+            # fp32 means fp32: cuDNN would otherwise run convolutions in TF32 (1e-3 off).
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
         self.model = model.to(device=device).eval()
         network: Callable[[torch.Tensor], torch.Tensor] = self.model
         if compile_model:
@@ -103,6 +108,10 @@ class TorchEngine:
                 return network(x)
 
         self._forward = forward
+        self.parity_db: float | None = None
+        """PSNR-mu against fp32 where a parity check ran (fp16)."""
+        self.fallback_reason: str | None = None
+        """Why this engine runs another precision than was asked for."""
         self._use_graphs = cuda_graphs and device.type == "cuda"
         self._graphs: OrderedDict[tuple[int, ...], _CudaGraph] = OrderedDict()
 
@@ -123,7 +132,7 @@ class TorchEngine:
         return str(self._device)
 
     def warmup(self, tile_h: int, tile_w: int, batch: int) -> None:
-        self.run(np.zeros((batch, 18, tile_h, tile_w), dtype=np.float32))
+        self.run(TileBatch.blank(batch, tile_h, tile_w))
 
     def _graph(self, x: torch.Tensor) -> _CudaGraph:
         key = tuple(x.shape)
@@ -137,9 +146,17 @@ class TorchEngine:
             self._graphs.move_to_end(key)
         return graph
 
+    def _input(self, batch: TileBatch) -> torch.Tensor:
+        """On CPU the numpy preprocessing (bit-exact to the official code); on a GPU the
+        raw 16-bit crops go over and the input is built there (4x fewer bytes to copy,
+        and the power function runs on the GPU instead of one host core)."""
+        if self._device.type == "cpu":
+            return torch.from_numpy(batch.model_input())
+        frames = torch.from_numpy(np.ascontiguousarray(batch.frames))
+        return build_model_input_torch(frames.to(self._device, non_blocking=True), batch.evs)
+
     @torch.inference_mode()
-    def run(self, tiles: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(tiles, dtype=np.float32))
-        x = x.to(self._device, non_blocking=True)
+    def run(self, batch: TileBatch) -> np.ndarray:
+        x = self._input(batch)
         out = self._graph(x)(x) if self._use_graphs else self._forward(x)
         return out.float().cpu().numpy()

@@ -18,7 +18,7 @@ from service.imaging.decode import (
 from service.imaging.exif import ExifExposure, parse_exif
 from service.imaging.exr import HALF_MAX, ExrDtype, decode_exr, encode_exr
 from service.imaging.formats import DecodedImage, ImageFormat, ImageInfo, sniff_format
-from service.imaging.normalize import to_unit_float
+from service.imaging.normalize import to_unit_float, widen_to_16bit
 from service.imaging.radiance import decode_radiance, encode_radiance
 from service.imaging.results import MEDIA_TYPES, ResultFormat, encode_result, write_result
 from service.imaging.tonemap import MU, mu_law, preview_png
@@ -50,5 +50,6 @@ __all__ = [
     "read_image",
     "sniff_format",
     "to_unit_float",
+    "widen_to_16bit",
     "write_result",
 ]

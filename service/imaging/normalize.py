@@ -12,6 +12,19 @@ _SCALE = 2.0**16
 _EIGHT_TO_SIXTEEN = 257  # 255 * 257 == 65535: the 16-bit value of the same 8-bit level
 
 
+def widen_to_16bit(pixels: np.ndarray) -> np.ndarray:
+    """Stored samples as 16-bit values: uint16 as is, uint8 times 257 (0->0, 255->65535).
+
+    ``to_unit_float(widen_to_16bit(p)) == to_unit_float(p)`` for both depths, so frames of
+    mixed depths can share one uint16 array.
+    """
+    if pixels.dtype == np.uint16:
+        return pixels
+    if pixels.dtype == np.uint8:
+        return pixels.astype(np.uint16) * np.uint16(_EIGHT_TO_SIXTEEN)
+    raise ValueError(f"expected uint8 or uint16 pixels, got {pixels.dtype}")
+
+
 def to_unit_float(pixels: np.ndarray) -> np.ndarray:
     """H x W x 3 float32 in [0, 1): ``uint16 / 2**16``, and ``uint8 * 257 / 2**16``.
 

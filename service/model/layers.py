@@ -148,6 +148,12 @@ class WindowAttentionCore(nn.Module):
         """
         if q.dim() == 5:
             return self._attend_per_sample(q, k, v, groups)
+        head_dim = q.shape[-1]
+        pad = (-head_dim) % 8 if q.is_cuda else 0
+        if pad:
+            # CUDA's fused kernels want head_dim % 8 == 0 (ours: 18 and 12). Zero columns
+            # change no q.k product and add output columns that are sliced off again.
+            q, k, v = (F.pad(t, (0, pad)) for t in (q, k, v))
         outs = []
         start = 0
         for g, count in enumerate(groups):
@@ -156,9 +162,13 @@ class WindowAttentionCore(nn.Module):
             sl = slice(start, start + count)
             mask = self.group_masks[g if self.shift else 0].to(q.dtype)
             out = F.scaled_dot_product_attention(
-                q[sl], k[sl], v[sl], attn_mask=mask.expand(count, -1, -1, -1)
+                q[sl],
+                k[sl],
+                v[sl],
+                attn_mask=mask.expand(count, -1, -1, -1),
+                scale=head_dim**-0.5,
             )
-            outs.append(out.transpose(1, 2))
+            outs.append(out[..., :head_dim].transpose(1, 2))
             start += count
         out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
         w, n = out.shape[0], out.shape[1]
@@ -326,11 +336,38 @@ class EnhancementModule(nn.Module):
         return token_conv(self.conv, out, size) + x
 
 
+#: Pixels per partial sum of the frame-wide Gram matrices (see ``channel_gram``).
+GRAM_CHUNK = 4096
+
+
+def channel_gram(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a^T b`` over the token axis: ``(B, L, C)`` x ``(B, L, C)`` -> ``(B, C, C)``.
+
+    A 24 x 24 result summed over a million pixels is a matmul with a huge inner dimension,
+    which GPU BLAS runs with a handful of thread blocks (it was half of all GPU time in a
+    1000x1500 frame). Summing 4096-pixel partial products in one batched matmul keeps
+    every SM busy, and the pairwise-style summation is also more accurate.
+    """
+    batch, tokens, channels = a.shape
+    pad = (-tokens) % GRAM_CHUNK if tokens > GRAM_CHUNK else 0
+    if pad:
+        a, b = F.pad(a, (0, 0, 0, pad)), F.pad(b, (0, 0, 0, pad))
+    chunks = (tokens + pad) // min(tokens + pad, GRAM_CHUNK)
+    a = a.reshape(batch, chunks, -1, channels)
+    b = b.reshape(batch, chunks, -1, channels)
+    return (a.transpose(-2, -1) @ b).sum(dim=1)
+
+
 class ChannelAttention(nn.Module):
     """Restormer-style cross attention over channels; its C x C map spans the whole frame.
 
     Queries come from ``y``, keys and values from ``x``; q and k are L2-normalised over all
-    pixels. The 1x1 convs of the official code are applied as linear maps on tokens.
+    pixels and each head's ``q k^T`` is a (C/heads)^2 map. Computed here without the
+    ``(B, heads, C/heads, L)`` copies of the official code: the cosine map is the Gram
+    matrix of q and k over the tokens divided by their norms, and since value projection,
+    per-head mixing and output projection are all linear maps on channels, they fold into
+    one ``C x C`` matrix per sample applied to ``x`` in a single matmul. The frame-wide
+    sums run in float32 under any autocast: they overflow fp16 and bf16 sums them coarsely.
     """
 
     def __init__(self, dim: int, num_heads: int) -> None:
@@ -342,24 +379,36 @@ class ChannelAttention(nn.Module):
         self.v = nn.Conv2d(dim, dim, 1, bias=False)
         self.project_out = nn.Conv2d(dim, dim, 1, bias=False)
 
-    def _split(self, t: torch.Tensor) -> torch.Tensor:
-        """``(B, L, C)`` -> ``(B, heads, C/heads, L)`` view."""
-        b, tokens, c = t.shape
-        return t.view(b, tokens, self.num_heads, c // self.num_heads).permute(0, 2, 3, 1)
-
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        b, tokens, c = x.shape
-        q = self._split(F.linear(y, self.q.weight.flatten(1)))
-        k = self._split(F.linear(x, self.k.weight.flatten(1)))
-        v = self._split(F.linear(x, self.v.weight.flatten(1)))
-        # Norms over every pixel of the tile overflow fp16 (and its eps underflows), and
-        # bf16 sums them too coarsely: this C x C map is always computed in float32.
+        heads = self.num_heads
+        channels = x.shape[-1]
+        width = channels // heads
         with torch.autocast(x.device.type, enabled=False):
-            q = F.normalize(q.float(), dim=-1)
-            k = F.normalize(k.float(), dim=-1)
-            attn = (q @ k.transpose(-2, -1) * self.temperature.float()).softmax(dim=-1)
-        out = (attn.to(v.dtype) @ v).permute(0, 3, 1, 2).reshape(b, tokens, c)
-        return F.linear(out, self.project_out.weight.flatten(1))
+            q = F.linear(y.float(), self.q.weight.flatten(1).float())
+            k = F.linear(x.float(), self.k.weight.flatten(1).float())
+            eps = 1e-12  # F.normalize's floor on the norm
+            q_norm = torch.linalg.vector_norm(q, dim=1).clamp_min(eps)  # (B, C)
+            k_norm = torch.linalg.vector_norm(k, dim=1).clamp_min(eps)
+            cosine = channel_gram(q, k) / (q_norm[:, :, None] * k_norm[:, None, :])
+            blocks = torch.stack(
+                [
+                    cosine[:, h * width : (h + 1) * width, h * width : (h + 1) * width]
+                    for h in range(heads)
+                ],
+                dim=1,
+            )  # (B, heads, w, w): row i of head h weighs the values of that head
+            attn = (blocks * self.temperature.float()).softmax(dim=-1)
+            # out = v @ blockdiag(attn_h^T) @ P^T with v = x @ V^T: fold into one matrix.
+            mixing = torch.zeros(
+                attn.shape[0], channels, channels, dtype=attn.dtype, device=attn.device
+            )
+            for h in range(heads):
+                sl = slice(h * width, (h + 1) * width)
+                mixing[:, sl, sl] = attn[:, h].transpose(-2, -1)
+            values = self.v.weight.flatten(1).float().t()
+            project = self.project_out.weight.flatten(1).float().t()
+            folded = values @ mixing @ project  # (B, C, C)
+        return torch.bmm(x, folded.to(x.dtype))
 
 
 class FusionModule(nn.Module):

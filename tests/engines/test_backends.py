@@ -19,6 +19,7 @@ from service.engines.tensorrt_engine import PlanKey, TensorRTEngine
 from service.engines.torch_engine import TorchEngine, resolve_precision
 from service.errors import EngineUnavailable
 from service.model import load_afunet
+from service.model.preprocess import TileBatch
 from service.model_repo import model_spec
 from tests.factories import GOLDEN_CHECKPOINT
 
@@ -42,9 +43,16 @@ def repo(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def _tiles(batch: int, h: int, w: int, seed: int = 0) -> np.ndarray:
+def _tiles(batch: int, h: int, w: int, seed: int = 0) -> TileBatch:
+    """Random 16-bit exposures (each tile its own scene) with EVs 0, 2, 4."""
     rng = np.random.default_rng(seed)
-    return rng.random((batch, 18, h, w), dtype=np.float32)
+    frames = rng.integers(0, 65536, (batch, 3, h, w, 3), dtype=np.uint16)
+    return TileBatch(frames, (0.0, 2.0, 4.0))
+
+
+def _expected(model, batch: TileBatch) -> np.ndarray:
+    with torch.inference_mode():
+        return model(torch.from_numpy(batch.model_input())).numpy()
 
 
 def test_onnx_export_is_valid_and_matches_pytorch_with_dynamic_batch(tmp_path, model) -> None:
@@ -63,9 +71,8 @@ def test_onnx_export_is_valid_and_matches_pytorch_with_dynamic_batch(tmp_path, m
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for batch in (1, 3):
         x = _tiles(batch, 48, 64, seed=batch)
-        with torch.inference_mode():
-            expected = model(torch.from_numpy(x)).numpy()
-        got = session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+        expected = _expected(model, x)
+        got = session.run([OUTPUT_NAME], {INPUT_NAME: x.model_input()})[0]
         assert got.shape == (batch, 3, 48, 64)
         assert np.abs(got - expected).max() <= 1e-4
 
@@ -115,8 +122,7 @@ def test_torch_engine_refuses_reduced_precision_on_cpu() -> None:
 def test_torch_engine_runs_batches_on_cpu(model) -> None:
     engine = TorchEngine(load_afunet(GOLDEN_CHECKPOINT), torch.device("cpu"), "auto")
     x = _tiles(2, 32, 40)
-    with torch.inference_mode():
-        expected = model(torch.from_numpy(x)).numpy()
+    expected = _expected(model, x)
     assert engine.precision == "fp32"
     assert np.array_equal(engine.run(x), expected)
 
@@ -145,8 +151,7 @@ def test_tensorrt_engine_without_tensorrt_is_unavailable() -> None:
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 def test_torch_cuda_precisions_track_fp32(model, precision) -> None:
     x = _tiles(2, 64, 64, seed=3)
-    with torch.inference_mode():
-        expected = model(torch.from_numpy(x)).numpy()
+    expected = _expected(model, x)
     engine = TorchEngine(load_afunet(GOLDEN_CHECKPOINT), torch.device("cuda"), precision)
     got = engine.run(x)
     tolerance = {"fp32": 1e-4, "bf16": 3e-2, "fp16": 5e-3}[precision]
@@ -176,8 +181,7 @@ def test_cuda_graph_replay_equals_eager() -> None:
 def test_tensorrt_plan_builds_caches_and_matches_pytorch(tmp_path, model, precision) -> None:
     engine = TensorRTEngine(GOLDEN_CHECKPOINT, tmp_path, precision, max_batch=2)
     x = _tiles(2, 64, 64, seed=6)
-    with torch.inference_mode():
-        expected = model(torch.from_numpy(x)).numpy()
+    expected = _expected(model, x)
     got = engine.run(x)
     assert np.abs(got - expected).max() <= (1e-3 if precision == "fp32" else 3e-2)
     path = engine.prepare(64, 64)

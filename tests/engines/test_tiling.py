@@ -11,8 +11,7 @@ from service.engines.pipeline import reconstruct
 from service.engines.tiling import Tile, TileBlender, TilePlan
 from service.engines.torch_engine import TorchEngine
 from service.exposures import ExposureSet
-from service.model.preprocess import build_model_input
-from tests.factories import GOLDEN_CHECKPOINT, bracket_frames
+from tests.factories import GOLDEN_CHECKPOINT, bracket_frames, tile_batch
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +64,7 @@ def test_blending_tiles_of_one_image_gives_that_image_without_seams() -> None:
 @pytest.mark.parametrize("size", [(72, 100), (64, 64)])
 def test_frame_inside_one_tile_equals_full_frame_exactly(engine, size) -> None:
     exposures = _exposures(*size)
-    full = engine.run(build_model_input(exposures.unit_crops(0, 0, *size), exposures.evs))[0]
+    full = engine.run(tile_batch(exposures))[0]
     tiled = reconstruct(engine, exposures, TilePlan.build(*size, 128, 16), batch=2)
     assert np.array_equal(tiled, full.transpose(1, 2, 0))
 
@@ -74,7 +73,7 @@ def test_no_tile_plan_is_the_full_frame(engine) -> None:
     exposures = _exposures(40, 56)
     plan = TilePlan.build(40, 56, None, 32)
     assert len(plan) == 1 and (plan.tile_h, plan.tile_w) == (40, 56)
-    full = engine.run(build_model_input(exposures.unit_crops(0, 0, 40, 56), exposures.evs))[0]
+    full = engine.run(tile_batch(exposures))[0]
     assert np.array_equal(reconstruct(engine, exposures, plan), full.transpose(1, 2, 0))
 
 

@@ -9,8 +9,9 @@ import torch
 from service.exposures import load_scene_dir
 from service.model import AFUNet, build_model_input, load_afunet, read_state_dict
 from service.model.checkpoint import RECOMPUTED_SUFFIXES, UNUSED_OFFICIAL_KEYS
+from service.model.preprocess import build_model_input_torch
 from service.model.windows import WINDOW_GROUPS, LayoutCache, relative_position_index
-from tests.factories import GOLDEN_CHECKPOINT, GOLDEN_SEED0
+from tests.factories import GOLDEN_CHECKPOINT, GOLDEN_SEED0, unit_frames, whole_input
 
 
 @pytest.fixture(scope="module")
@@ -45,12 +46,19 @@ def test_model_reproduces_official_output(golden_model: AFUNet) -> None:
 
 def test_preprocessing_reproduces_official_input() -> None:
     exposures = load_scene_dir(GOLDEN_SEED0)
-    x = build_model_input(
-        exposures.unit_crops(0, 0, exposures.height, exposures.width), exposures.evs
-    )
+    x = build_model_input(unit_frames(exposures), exposures.evs)
     expected = np.load(GOLDEN_SEED0 / "model_input.npy")
     assert x.dtype == np.float32 and x.shape == expected.shape
     assert np.abs(x - expected).max() <= 1e-6
+
+
+def test_engine_batches_build_the_official_input_on_host_and_in_torch() -> None:
+    exposures = load_scene_dir(GOLDEN_SEED0)
+    expected = np.load(GOLDEN_SEED0 / "model_input.npy")
+    assert np.array_equal(whole_input(exposures), expected)
+    frames = torch.from_numpy(exposures.raw_crop(0, 0, exposures.height, exposures.width))
+    on_device = build_model_input_torch(frames[None], exposures.evs).numpy()
+    assert np.abs(on_device - expected).max() <= 1e-6
 
 
 def test_relative_position_index_equals_official_buffer() -> None:
