@@ -30,6 +30,31 @@ class TilingConfig:
     tile_size: int | None = None
     overlap: int | None = None
     batch: int | None = None
+    autotune: str = "gpu"
+    """Choose tile size (>= tile_size) and batch by measurement at start-up: ``gpu`` (on
+    CUDA devices only: seconds there, minutes on a CPU), ``always`` or ``off``."""
+
+    @classmethod
+    def parse(cls, raw: object, where: Path) -> TilingConfig:
+        if not raw:
+            return cls()
+        if not isinstance(raw, dict):
+            raise EngineUnavailable(f"{where}: tiling must be a mapping")
+        values = dict(raw)
+        autotune = str(values.pop("autotune", "gpu")).lower()
+        if autotune in ("true", "yes", "on"):
+            autotune = "always"
+        if autotune in ("false", "no"):
+            autotune = "off"
+        if autotune not in ("gpu", "always", "off"):
+            raise EngineUnavailable(f"{where}: tiling.autotune must be gpu, always or off")
+        unknown = set(values) - {"tile_size", "overlap", "batch"}
+        if unknown:
+            raise EngineUnavailable(f"{where}: unknown tiling keys {sorted(unknown)}")
+        try:
+            return cls(**{k: int(v) for k, v in values.items()}, autotune=autotune)
+        except (TypeError, ValueError) as exc:
+            raise EngineUnavailable(f"{where}: tiling values must be integers: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -92,7 +117,7 @@ def model_spec(repo: Path, name: str) -> ModelSpec:
         )
     architecture = str(config.get("architecture", name))
     backends = tuple(str(b) for b in config.get("backends", ["torch"]))
-    tiling = TilingConfig(**{k: int(v) for k, v in (config.get("tiling") or {}).items()})
+    tiling = TilingConfig.parse(config.get("tiling"), repo / name / CONFIG_FILE)
     precision = str(config.get("precision", "auto"))
     if architecture in WEIGHT_FREE:
         return ModelSpec(name, architecture, None, repo / name, None, backends, precision, tiling)
@@ -123,7 +148,7 @@ def checkpoint_spec(path: Path, repo: Path, name: str = "afunet") -> ModelSpec:
         weights=path,
         backends=tuple(str(b) for b in config.get("backends", ["torch"])),
         precision=str(config.get("precision", "auto")),
-        tiling=TilingConfig(**{k: int(v) for k, v in (config.get("tiling") or {}).items()}),
+        tiling=TilingConfig.parse(config.get("tiling"), repo / name / CONFIG_FILE),
     )
 
 

@@ -113,6 +113,8 @@ class ServedModel:
     tile_size: int
     tile_overlap: int
     tile_batch: int
+    tile_source: str = "config"
+    """``config`` (config.yaml / settings) or ``autotuned`` (measured at start-up)."""
 
     def plan(self, height: int, width: int, tile_size: int | None = None) -> TilePlan:
         """The tile plan for a frame; ``tile_size`` overrides the model's (0: no tiling)."""
@@ -131,6 +133,7 @@ class ServedModel:
             "tile_size": self.tile_size,
             "tile_overlap": self.tile_overlap,
             "tile_batch": self.tile_batch,
+            "tile_source": self.tile_source,
             "precision_note": _precision_note(self.engine),
         }
 
@@ -178,10 +181,26 @@ def load_model(
         spec = model_spec(settings.model_repo, name)
     engine = open_engine(spec, settings, settings.engine)
     tiling = spec.tiling
-    return ServedModel(
+    served = ServedModel(
         spec=spec,
         engine=engine,
         tile_size=tiling.tile_size or settings.tile_size,
         tile_overlap=tiling.overlap if tiling.overlap is not None else settings.tile_overlap,
         tile_batch=tiling.batch or settings.tile_batch,
     )
+    on_gpu = "cuda" in str(engine.device)
+    if tiling.autotune == "always" or (tiling.autotune == "gpu" and on_gpu):
+        from .autotune import autotune, candidate_plans
+
+        choice = autotune(engine, candidate_plans(served.tile_size))
+        served.tile_size, served.tile_batch = choice.tile, choice.batch
+        served.tile_source = "autotuned"
+        log.info(
+            "tile plan for %s on %s: %d px x %d (%.2f MP/s)",
+            spec.name,
+            engine.device,
+            choice.tile,
+            choice.batch,
+            choice.megapixels_per_s,
+        )
+    return served

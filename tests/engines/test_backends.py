@@ -188,3 +188,26 @@ def test_tensorrt_plan_builds_caches_and_matches_pytorch(tmp_path, model, precis
     assert path.is_file() and path.with_suffix(".json").is_file()
     reopened = TensorRTEngine(GOLDEN_CHECKPOINT, tmp_path, precision, max_batch=2, build=False)
     assert np.array_equal(reopened.run(x), got)
+
+
+def test_autotune_picks_a_measured_plan_within_budget(model) -> None:
+    from service.engines.autotune import autotune, candidate_plans
+
+    engine = TorchEngine(load_afunet(GOLDEN_CHECKPOINT), torch.device("cpu"), "fp32")
+    plans = [(16, 1), (16, 2), (32, 1)]
+    choice = autotune(engine, plans, memory_budget=1 << 30, repeats=1)
+    assert (choice.tile, choice.batch) in plans and choice.megapixels_per_s > 0
+    starved = autotune(engine, plans, memory_budget=1, repeats=1)
+    assert (starved.tile, starved.batch) == (16, 1)  # nothing fits: the smallest plan
+    assert candidate_plans(256, largest=512) == [
+        (t, b) for t in (256, 384, 512) for b in (1, 2, 4, 8)
+    ]
+
+
+def test_repository_autotune_setting_is_reported_and_validated(repo) -> None:
+    config = repo / "afunet" / "config.yaml"
+    config.write_text(config.read_text().replace("batch: 2}", "batch: 2, autotune: off}"))
+    assert load_model(Settings(model_repo=repo, device="cpu")).tile_source == "config"
+    config.write_text("architecture: afunet\ntiling: {tile_size: 1024, autotune: maybe}\n")
+    with pytest.raises(EngineUnavailable, match=r"tiling\.autotune must be"):
+        load_model(Settings(model_repo=repo, device="cpu"))
