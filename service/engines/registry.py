@@ -179,7 +179,14 @@ def load_model(
         spec = checkpoint_spec(weights, settings.model_repo, name)
     else:
         spec = model_spec(settings.model_repo, name)
-    engine = open_engine(spec, settings, settings.engine)
+    forced = settings.engine
+    if forced and (spec.architecture, forced) not in BACKENDS:
+        # HDR_ENGINE picks among AFUNet's backends; a weight-free model has its own.
+        log.info(
+            "HDR_ENGINE=%s does not apply to %s; using its configured backends", forced, spec.name
+        )
+        forced = None
+    engine = open_engine(spec, settings, forced)
     tiling = spec.tiling
     served = ServedModel(
         spec=spec,

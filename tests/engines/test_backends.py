@@ -211,3 +211,11 @@ def test_repository_autotune_setting_is_reported_and_validated(repo) -> None:
     config.write_text("architecture: afunet\ntiling: {tile_size: 1024, autotune: maybe}\n")
     with pytest.raises(EngineUnavailable, match=r"tiling\.autotune must be"):
         load_model(Settings(model_repo=repo, device="cpu"))
+
+
+def test_forced_engine_does_not_apply_to_the_weight_free_model() -> None:
+    served = load_model(
+        Settings(model_repo=Path(__file__).parents[2] / "model_repo", engine="torch"),
+        "classical",
+    )
+    assert served.engine.backend == "numpy"
