@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from ..engines.tiling import TilePlan
+
 BACKENDS = ("official-style", "torch", "onnxruntime", "tensorrt")
 MODIFIERS = ("compile", "graphs", "default-malloc", "tuned-malloc")
 
@@ -316,6 +318,12 @@ def run(args: argparse.Namespace) -> list[Result]:
             )
             ref_out = np.load(reference.output) if reference.ok else None
             for i, case in enumerate(_cases(args, height, width)):
+                if case.name == "onnxruntime":
+                    # Export in the parent: the child measures inference, not the export.
+                    from ..engines.onnxruntime_engine import ensure_onnx
+
+                    plan = TilePlan.build(height, width, case.tile, case.overlap)
+                    ensure_onnx(cache, args.checkpoint, plan.tile_h, plan.tile_w)
                 result = _spawn(
                     case,
                     args.checkpoint,

@@ -72,6 +72,9 @@ class OnnxRuntimeEngine:
                 path = ensure_onnx(self._cache, self._weights, tile_h, tile_w)
                 options = self._ort.SessionOptions()
                 options.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+                # The planned-pattern arena holds every intermediate of the largest run
+                # at once; without it ORT reuses buffers (178 vs 262 MB at 128x128).
+                options.enable_mem_pattern = False
                 session = self._ort.InferenceSession(
                     str(path), sess_options=options, providers=self._providers
                 )

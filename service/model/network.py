@@ -97,6 +97,9 @@ class AFUNet(nn.Module):
         self.out = nn.Sequential(nn.Conv2d(part, 3, 3), nn.Sigmoid())
 
         self.register_load_state_dict_post_hook(lambda module, _keys: module.refresh_caches())
+        # Inference only: no autograd graph, even outside inference_mode (a traced export
+        # with parameters that require grad keeps every activation alive, 3x the memory).
+        self.requires_grad_(False)
         self.eval()
 
     def refresh_caches(self) -> None:
