@@ -23,6 +23,9 @@ EXIT_USER_ERROR = 2
 #: sub-command -> module in ``service.commands``
 COMMANDS: dict[str, str] = {
     "infer": "infer",
+    "api": "api",
+    "worker": "worker",
+    "serve": "serve",
     "export": "export",
     "bench": "bench",
     "evaluate": "evaluate",

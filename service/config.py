@@ -115,6 +115,14 @@ class Settings(BaseSettings):
         description="Lifetime of a heartbeat key: a worker silent this long counts as gone"
         " (for GET /v1/models and `worker --check`). Must exceed the interval.",
     )
+    job_stall_seconds: float = Field(
+        600.0,
+        gt=0,
+        description="A running job whose tiles make no progress this long is presumed hung:"
+        " its worker stops keeping it (it is re-delivered after the visibility timeout)"
+        " and reports not ready. Until then a live worker keeps its job however slow a"
+        " tile batch is, so the visibility timeout only has to detect dead workers.",
+    )
     drain_seconds: float = Field(
         25.0,
         ge=0,

@@ -19,6 +19,7 @@ import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import redis
@@ -26,6 +27,9 @@ from redis.asyncio import Redis
 
 from service.config import Settings
 from service.queue import Broker, Keys, connect
+
+if TYPE_CHECKING:
+    from service.worker.models import ModelSet
 
 logger = logging.getLogger(__name__)
 
@@ -130,3 +134,47 @@ async def broker(redis_client: Redis, settings: Settings) -> Broker:
     instance = Broker(redis_client, settings)
     await instance.ensure_group()
     return instance
+
+
+# --- the service (tests/api, tests/worker) -----------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def golden_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model repository whose afunet/1/model.pth is the golden checkpoint (128 px tiles)."""
+    from tests.factories import write_model_repo
+
+    return write_model_repo(tmp_path_factory.mktemp("model-repo"))
+
+
+@pytest.fixture(scope="session")
+def golden_models(golden_repo: Path) -> ModelSet:
+    """The golden AFUNet loaded and warmed up once per session (a worker's ModelSet)."""
+    from service.worker.models import load_models, warm_up
+
+    models = load_models(Settings(model_repo=golden_repo, device="cpu"))
+    assert "afunet" in models.served, models.unavailable
+    warm_up(models)
+    return models
+
+
+@pytest.fixture
+def service_settings(settings: Settings, golden_repo: Path) -> Settings:
+    """``settings`` for API and worker tests: golden repository, fast heartbeats.
+
+    The visibility timeout is long here (CPU inference takes seconds); tests of
+    re-delivery shorten it themselves.
+    """
+    return settings.model_copy(
+        update={
+            "model_repo": golden_repo,
+            "device": "cpu",
+            "visibility_timeout_seconds": 60.0,
+            "job_ttl_seconds": 600,  # a loaded CI machine must not expire a job mid-test
+            "heartbeat_interval_seconds": 0.2,
+            "heartbeat_ttl_seconds": 2.0,
+            "worker_id": f"test-worker-{settings.key_prefix}",
+            "sync_wait_seconds": 30.0,
+            "drain_seconds": 5.0,
+        }
+    )

@@ -1,7 +1,7 @@
 """The job broker: a Redis Streams work queue with job records, blobs and results.
 
 Both the API (submit, get, cancel, result) and the workers (receive, start, touch,
-progress, complete, fail) use this one class over one ``redis.asyncio`` client.
+progress, complete, fail, release) use this one class over one ``redis.asyncio`` client.
 
 Delivery model
 --------------
@@ -28,6 +28,7 @@ whereas its stream entry is only removed when a worker skips it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -97,6 +98,7 @@ class Broker:
         self._fail = redis.register_script(scripts.FAIL)
         self._cancel = redis.register_script(scripts.CANCEL)
         self._mark_cancelled = redis.register_script(scripts.MARK_CANCELLED)
+        self._release = redis.register_script(scripts.RELEASE)
 
     # ------------------------------------------------------------------ API side
 
@@ -531,6 +533,29 @@ class Broker:
         )
         return None if text == "expired" else JobState(text)
 
+    async def release(self, delivery: Delivery) -> JobState | None:
+        """Hand an unfinished job back for another worker, without counting the attempt.
+
+        For a worker that stops (SIGTERM drain) while the job is healthy: the job goes
+        back to ``queued``, its delivery is not counted against ``max_attempts``, and
+        its entry stays pending but idle for the whole visibility timeout, so the next
+        :meth:`receive` of any worker takes it over at once. Returns the job's state
+        after the call (``queued``, or the final state it already had; None: expired).
+        """
+        outcome = await self._release(
+            keys=[self.keys.job(delivery.job_id), self.keys.queued, self.keys.stream],
+            args=[
+                self.keys.group,
+                delivery.entry_id,
+                delivery.job_id,
+                delivery.consumer,
+                self._visibility_ms,
+            ],
+        )
+        text = outcome.decode()
+        logger.info("job %s handed back by %s: %s", delivery.job_id, delivery.consumer, text)
+        return None if text == "expired" else JobState(text)
+
     async def mark_cancelled(self, delivery: Delivery) -> JobRecord | None:
         """Finish a cancel the worker noticed: cancelled, ack; final jobs stay as they are."""
         reply = await self._mark_cancelled(
@@ -547,12 +572,16 @@ class Broker:
 
     # ------------------------------------------------------------------ observability
 
-    async def ping(self) -> bool:
-        """Whether Redis answers (for readiness); never raises on connection problems."""
+    async def ping(self, timeout: float | None = None) -> bool:
+        """Whether Redis answers (for readiness); never raises on connection problems.
+
+        ``timeout`` bounds the wait in seconds: the client retries a refused connection
+        for seconds, longer than a readiness probe waits for its answer.
+        """
         try:
-            return bool(await self.redis.ping())
-        except (RedisError, OSError) as exc:
-            logger.warning("Redis ping failed: %s", exc)
+            return bool(await asyncio.wait_for(self.redis.ping(), timeout))
+        except (RedisError, OSError, TimeoutError) as exc:
+            logger.warning("Redis ping failed: %s", str(exc) or type(exc).__name__)
             return False
 
     async def queue_depth(self) -> int:

@@ -260,3 +260,27 @@ settle(KEYS[3], group, entry)
 if not status then return {} end
 return redis.call('HGETALL', KEYS[1])
 """)
+
+#: KEYS job, queued, stream; ARGV group, entry, job_id, consumer, idle_ms
+#: -> 'queued' (handed back), the current final status, or 'expired'
+RELEASE: Final = _lua("""
+local group, entry, job_id = ARGV[1], ARGV[2], ARGV[3]
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status or FINAL[status] then
+  settle(KEYS[3], group, entry)
+  if not status then
+    redis.call('ZREM', KEYS[2], job_id)
+    return 'expired'
+  end
+  return status
+end
+-- The attempt did not fail: give back the delivery it was counted for.
+local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
+redis.call('HSET', KEYS[1], 'status', QUEUED, 'attempts', math.max(0, attempts - 1),
+  'tiles_done', 0)
+redis.call('HDEL', KEYS[1], 'started_at', 'worker', 'engine')
+redis.call('ZADD', KEYS[2], redis.call('HGET', KEYS[1], 'created_at'), job_id)
+-- Idle for the whole visibility timeout: the next receive of any worker takes it over.
+redis.call('XCLAIM', KEYS[3], group, ARGV[4], 0, entry, 'IDLE', ARGV[5], 'JUSTID')
+return QUEUED
+""")

@@ -1,0 +1,170 @@
+"""Every error the API answers, in one shape, from one handler.
+
+``{"error": {"code": "...", "message": "..."}}`` whatever went wrong: a ``ServiceError``
+raised anywhere below (its ``http_status`` and ``code`` decide), a request FastAPI could
+not parse or validate (400, with the offending field named), an HTTP error of the router
+(404, 405), Redis being unreachable (503 with ``Retry-After``), and as a last resort an
+unexpected exception (500, logged with its traceback; the tests hunt these down).
+
+The few errors only HTTP has (authentication, readiness, the request body bound) are
+``ServiceError`` subclasses defined here, so the one exception root stays the only one.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.errors import QueueFull, ServiceError
+
+logger = logging.getLogger(__name__)
+
+#: Retry-After for 503 answers: Redis restarts and failovers take seconds.
+UNAVAILABLE_RETRY_AFTER_SECONDS: Final = 5
+#: Longest message echoed from a validation error (inputs can be long).
+MAX_DETAIL_CHARS: Final = 300
+
+_HTTP_CODES: Final = {
+    400: "bad_request",
+    401: "not_authenticated",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+    422: "unprocessable",
+    429: "too_many_requests",
+    503: "unavailable",
+}
+
+
+class NotAuthenticated(ServiceError):
+    """No API key came with a request to a /v1 route while keys are configured."""
+
+    code = "not_authenticated"
+    http_status = 401
+
+
+class Forbidden(ServiceError):
+    """An API key came but is not one of the configured keys."""
+
+    code = "forbidden"
+    http_status = 403
+
+
+class RequestTooLarge(ServiceError):
+    """The request body exceeds ``max_request_bytes`` (declared or streamed)."""
+
+    code = "request_too_large"
+    http_status = 413
+
+
+class ModelUnavailable(ServiceError):
+    """A job names a model no live worker can run."""
+
+    code = "model_unavailable"
+    http_status = 422
+
+
+class NoResult(ServiceError):
+    """The job ended without a result (failed or cancelled): asking again will not help."""
+
+    code = "no_result"
+    http_status = 409
+
+
+class NotCancellable(ServiceError):
+    """A DELETE for a job that already succeeded or failed."""
+
+    code = "not_cancellable"
+    http_status = 409
+
+
+class Unavailable(ServiceError):
+    """Redis (the queue) cannot be reached; retry after ``retry_after`` seconds."""
+
+    code = "unavailable"
+    http_status = 503
+
+    def __init__(self, message: str, retry_after: int = UNAVAILABLE_RETRY_AFTER_SECONDS) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class NotReady(Unavailable):
+    """A readiness probe failed: this process cannot serve yet (or any more)."""
+
+    code = "not_ready"
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """The one error body of the API."""
+    return JSONResponse(
+        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
+    )
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    """``field: problem; ...`` naming each offending field as the client spelled it."""
+    parts = []
+    for error in exc.errors():
+        location = [str(p) for p in error.get("loc", ()) if p not in ("body", "query", "header")]
+        where = ".".join(location) or "request"
+        parts.append(f"{where}: {error.get('msg', 'invalid')}")
+    message = "; ".join(parts) or "invalid request"
+    if len(message) > MAX_DETAIL_CHARS:
+        message = message[:MAX_DETAIL_CHARS] + "..."
+    return message
+
+
+def _service_error(exc: ServiceError) -> JSONResponse:
+    headers = {}
+    retry_after = getattr(exc, "retry_after", None)
+    if isinstance(exc, QueueFull | Unavailable) and retry_after is not None:
+        headers["Retry-After"] = str(int(retry_after))
+    if isinstance(exc, NotAuthenticated):
+        headers["WWW-Authenticate"] = 'Bearer realm="hdr"'
+    if exc.http_status >= 500:
+        logger.error("request failed: %s (%s)", exc.message, exc.code)
+    return error_response(exc.http_status, exc.code, exc.message, headers or None)
+
+
+async def handle_error(request: Request, exc: Exception) -> JSONResponse:
+    """The API's single exception handler (registered for each family below)."""
+    if isinstance(exc, ServiceError):
+        return _service_error(exc)
+    if isinstance(exc, RequestValidationError):
+        return error_response(400, "bad_request", _validation_message(exc))
+    if isinstance(exc, StarletteHTTPException):
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        return error_response(
+            exc.status_code, code, str(exc.detail), dict(exc.headers) if exc.headers else None
+        )
+    if isinstance(exc, RedisError | ConnectionError | TimeoutError):
+        logger.warning("Redis unavailable during %s %s: %s", request.method, request.url.path, exc)
+        return _service_error(Unavailable(f"the job queue is unavailable ({type(exc).__name__})"))
+    logger.exception("unhandled error in %s %s", request.method, request.url.path)
+    return error_response(500, "internal_error", "internal error; it has been logged")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every exception family the API can meet to :func:`handle_error`."""
+    for family in (
+        ServiceError,
+        RequestValidationError,
+        StarletteHTTPException,
+        RedisError,
+        ConnectionError,
+        TimeoutError,
+        Exception,
+    ):
+        app.add_exception_handler(family, handle_error)

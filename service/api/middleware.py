@@ -1,0 +1,142 @@
+"""Pure ASGI middleware of the API: the request-body bound and request metrics.
+
+Pure ASGI rather than ``BaseHTTPMiddleware`` because both must see the raw ``receive``
+and ``send`` streams: the bound stops a body before the multipart parser spools it to
+disk, and the metrics need the status even of answers sent by other middleware.
+"""
+
+from __future__ import annotations
+
+import time
+
+from starlette.routing import Match, Router
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.api.errors import RequestTooLarge, error_response
+from service.metrics import ApiMetrics
+
+#: Route label of requests that matched no route (keeps label values bounded).
+UNMATCHED = "unmatched"
+#: Methods counted by name; any other verb a client invents is counted as "other".
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+async def _reject_too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+    error = RequestTooLarge(f"request body exceeds the limit of {limit} bytes")
+    response = error_response(error.http_status, error.code, error.message)
+    response.headers["Connection"] = "close"
+    await response(scope, receive, send)
+
+
+class BodySizeLimit:
+    """Refuse (413) a request body over ``max_bytes`` before anything buffers it.
+
+    A declared ``Content-Length`` over the limit is refused before the app runs, without
+    reading a byte. A body without one (chunked) or lying about it is counted as it
+    streams in: the chunk that crosses the limit raises inside the app's ``receive``, and
+    whatever the app then answers (FastAPI reports a failed body read as a 400) is
+    replaced by the 413.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            await _reject_too_large(scope, receive, send, self.max_bytes)
+            return
+        received = 0
+        tripped = False
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received, tripped
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    tripped = True
+                    raise RequestTooLarge(f"request body exceeds the limit of {self.max_bytes}")
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                if started:
+                    return
+                started = True
+                if tripped:
+                    await _reject_too_large(scope, receive, send, self.max_bytes)
+                    return
+            elif tripped:
+                return  # the body of the answer the 413 replaced
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except RequestTooLarge:
+            if not started:
+                await _reject_too_large(scope, receive, send, self.max_bytes)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+class RequestMetrics:
+    """Count and time every request by method, route template and status.
+
+    The label is the route's template (``/v1/jobs/{job_id}``), never the raw path, so
+    random ids and probing scanners cannot blow up the number of series.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: ApiMetrics, router: Router) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.router = router
+
+    def _route(self, scope: Scope) -> str:
+        route = scope.get("route")
+        path = getattr(route, "path", None)
+        if isinstance(path, str):
+            return path
+        for candidate in self.router.routes:  # not routed (answered by a middleware)
+            match, _ = candidate.matches(scope)
+            if match is not Match.NONE:
+                return str(getattr(candidate, "path", UNMATCHED))
+        return UNMATCHED
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        started = time.perf_counter()
+
+        async def observed_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed_send)
+        finally:
+            route = self._route(scope)
+            method = scope.get("method", "GET")
+            method = method if method in KNOWN_METHODS else "other"
+            self.metrics.requests.labels(method=method, route=route, status=str(status)).inc()
+            self.metrics.request_seconds.labels(method=method, route=route).observe(
+                time.perf_counter() - started
+            )

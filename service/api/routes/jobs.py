@@ -1,0 +1,274 @@
+"""Jobs: submit an exposure set, follow it, download its result, cancel it; or all at once.
+
+The result is stored once, as lossless float32 OpenEXR; other formats and the float16
+EXR are converted from it on request (in a thread: encoding is CPU work).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Annotated, Final
+
+from fastapi import APIRouter, Depends, Form, Header, Query, Request, Response
+from fastapi.responses import JSONResponse
+
+from service.api.catalog import load_catalog
+from service.api.deps import (
+    BrokerDep,
+    MetricsDep,
+    OwnerDep,
+    SettingsDep,
+    VisibleJobDep,
+    get_owner,
+)
+from service.api.errors import NoResult, NotCancellable
+from service.api.schemas import ErrorBody, JobCreate, JobPublic, error_responses
+from service.api.uploads import check_tile_size, read_submission
+from service.config import Settings
+from service.errors import JobNotFinished, JobNotFound, ServiceError
+from service.imaging import MEDIA_TYPES, ExrDtype, ResultFormat, decode_exr, encode_result
+from service.metrics import ApiMetrics
+from service.queue import Broker, JobRecord, JobState
+
+logger = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/v1", tags=["jobs"], dependencies=[Depends(get_owner)])
+
+#: Polling of POST /v1/reconstruct: first and longest pause between reads of the record.
+SYNC_POLL_FIRST_SECONDS: Final = 0.02
+SYNC_POLL_MAX_SECONDS: Final = 0.25
+
+
+SUBMIT_ERRORS: Final = error_responses(400, 401, 403, 413, 415, 422, 429, 503)
+JOB_ERRORS: Final = error_responses(401, 403, 404, 503)
+RESULT_CONTENT: Final = {
+    MEDIA_TYPES[fmt]: {"schema": {"type": "string", "format": "binary"}} for fmt in ResultFormat
+}
+
+FormatQuery = Annotated[
+    ResultFormat,
+    Query(
+        alias="format",
+        description="exr: OpenEXR (lossless); hdr: Radiance RGBE (~1% precision);"
+        " png: 8-bit mu-law tone-mapped preview (not HDR).",
+    ),
+]
+DtypeQuery = Annotated[
+    ExrDtype,
+    Query(description="OpenEXR sample type; float32 is the stored, lossless one."),
+]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=255,
+        pattern=r"^[\x21-\x7e]+$",
+        description="Any printable token: a retry with the same key (and API key) returns"
+        " the job the first request created instead of queuing another.",
+    ),
+]
+JobForm = Annotated[JobCreate, Form(media_type="multipart/form-data")]
+
+
+def _public(request: Request, record: JobRecord) -> JobPublic:
+    """The job as its owner sees it, with links under the app's mount point."""
+    return JobPublic.from_record(record, request.scope.get("root_path", ""))
+
+
+async def _submit(
+    form: JobCreate,
+    idempotency_key: str | None,
+    owner: str | None,
+    broker: Broker,
+    settings: Settings,
+    metrics: ApiMetrics,
+) -> JobRecord:
+    """Validate everything, then queue; every refusal is counted by its error code."""
+    try:
+        submission = await read_submission(form, settings)
+        catalog = await load_catalog(broker, settings)
+        model = catalog.resolve(form.model)
+        tile_size = check_tile_size(
+            form.tile_size, submission.width, submission.height, catalog.tile_overlap(model)
+        )
+        record = await broker.submit(
+            submission.params(tile_size),
+            submission.blobs,
+            owner=owner,
+            idempotency_key=idempotency_key,
+            model=model,
+            width=submission.width,
+            height=submission.height,
+        )
+    except ServiceError as exc:
+        metrics.jobs_rejected.labels(code=exc.code).inc()
+        raise
+    finally:
+        for upload in form.exposures:
+            await upload.close()
+    metrics.jobs_submitted.labels(model=model or "default").inc()
+    metrics.upload_bytes.observe(submission.total_bytes)
+    logger.info(
+        "accepted job %s: %sx%s, model %s, EVs %s (%s)",
+        record.id,
+        submission.width,
+        submission.height,
+        model or "default",
+        submission.evs,
+        submission.source,
+    )
+    return record
+
+
+async def _result_body(data: bytes, fmt: ResultFormat, dtype: ExrDtype) -> bytes:
+    """The stored float32 EXR as asked: as is, or converted in a thread."""
+    if fmt is ResultFormat.EXR and dtype == "float32":
+        return data
+    return await asyncio.to_thread(lambda: encode_result(decode_exr(data), fmt, dtype))
+
+
+async def _result_response(
+    broker: Broker, record: JobRecord, fmt: ResultFormat, dtype: ExrDtype
+) -> Response:
+    if record.status is JobState.SUCCEEDED:
+        data = await broker.get_result(record.id)
+        if data is None:
+            raise JobNotFound(f"the result of job {record.id} has expired")
+        body = await _result_body(data, fmt, dtype)
+        return Response(
+            body,
+            media_type=MEDIA_TYPES[fmt],
+            headers={"Content-Disposition": f'attachment; filename="{record.id}.{fmt.value}"'},
+        )
+    if record.status.is_final:
+        reason = f": {record.error}" if record.error else ""
+        raise NoResult(f"job {record.id} {record.status.value} and has no result{reason}")
+    raise JobNotFinished(
+        f"job {record.id} is {record.status.value}"
+        f" ({record.tiles_done}/{record.tiles_total} tiles); poll its status_url"
+    )
+
+
+@router.post(
+    "/jobs",
+    status_code=202,
+    summary="Submit three exposures for reconstruction",
+    response_description="Accepted and queued (or the job an Idempotency-Key already made).",
+    responses=SUBMIT_ERRORS,
+)
+async def create_job(
+    request: Request,
+    response: Response,
+    form: JobForm,
+    broker: BrokerDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+    owner: OwnerDep,
+    idempotency_key: IdempotencyKey = None,
+) -> JobPublic:
+    """Queue a job; poll ``status_url`` and download ``result_url`` once it succeeded.
+
+    Every check (count, format, sizes, exposure metadata, model) runs before anything is
+    queued, so a 202 means the job will reach the model.
+    """
+    record = await _submit(form, idempotency_key, owner, broker, settings, metrics)
+    job = _public(request, record)
+    response.headers["Location"] = job.status_url
+    return job
+
+
+@router.get("/jobs/{job_id}", summary="A job's status and progress", responses=JOB_ERRORS)
+async def get_job(request: Request, record: VisibleJobDep) -> JobPublic:
+    """Status, tile progress, timings per stage, and the error of a failed job."""
+    return _public(request, record)
+
+
+@router.get(
+    "/jobs/{job_id}/result",
+    summary="Download the HDR result",
+    response_class=Response,
+    responses={
+        200: {"content": RESULT_CONTENT, "description": "The linear HDR image."},
+        **error_responses(400, 401, 403, 404, 409, 503),
+    },
+)
+async def get_result(
+    broker: BrokerDep,
+    record: VisibleJobDep,
+    fmt: FormatQuery = ResultFormat.EXR,
+    dtype: DtypeQuery = "float32",
+) -> Response:
+    """The result of a succeeded job; 409 while it is queued or running, or if it failed."""
+    return await _result_response(broker, record, fmt, dtype)
+
+
+@router.delete(
+    "/jobs/{job_id}",
+    summary="Cancel a job",
+    responses={
+        200: {"model": JobPublic, "description": "Cancelled (it was queued, or already was)."},
+        202: {"model": JobPublic, "description": "Running: it stops at its next tile batch."},
+        **error_responses(401, 403, 404, 409, 503),
+    },
+)
+async def cancel_job(
+    request: Request, response: Response, broker: BrokerDep, record: VisibleJobDep
+) -> JobPublic:
+    """Cancel a queued job at once, or a running one between two tile batches."""
+    if record.status in (JobState.SUCCEEDED, JobState.FAILED):
+        raise NotCancellable(f"job {record.id} already {record.status.value}")
+    after = await broker.cancel(record.id)
+    if after.status in (JobState.SUCCEEDED, JobState.FAILED):
+        raise NotCancellable(f"job {record.id} already {after.status.value}")
+    response.status_code = 200 if after.status is JobState.CANCELLED else 202
+    return _public(request, after)
+
+
+@router.post(
+    "/reconstruct",
+    summary="Submit and wait for the result",
+    response_class=Response,
+    responses={
+        200: {"content": RESULT_CONTENT, "description": "The result, in the asked format."},
+        202: {"model": JobPublic, "description": "Still running after the wait; poll it."},
+        409: {"model": ErrorBody, "description": "The job failed or was cancelled."},
+        **SUBMIT_ERRORS,
+    },
+)
+async def reconstruct(
+    request: Request,
+    form: JobForm,
+    broker: BrokerDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+    owner: OwnerDep,
+    fmt: FormatQuery = ResultFormat.EXR,
+    dtype: DtypeQuery = "float32",
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    """``POST /v1/jobs`` that waits up to HDR_SYNC_WAIT_SECONDS and answers the file.
+
+    When the job takes longer the answer is 202 with the job, as ``POST /v1/jobs`` gives.
+    """
+    record = await _submit(form, idempotency_key, owner, broker, settings, metrics)
+    location = _public(request, record).status_url
+    deadline = time.monotonic() + settings.sync_wait_seconds
+    pause = SYNC_POLL_FIRST_SECONDS
+    current: JobRecord | None = record
+    while current is not None and not current.status.is_final:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or await request.is_disconnected():
+            body = _public(request, current)
+            return JSONResponse(
+                body.model_dump(mode="json"), status_code=202, headers={"Location": location}
+            )
+        await asyncio.sleep(min(pause, remaining))
+        pause = min(2 * pause, SYNC_POLL_MAX_SECONDS)
+        current = await broker.get(record.id)
+    if current is None:
+        raise JobNotFound(f"job {record.id} expired before it finished")
+    response = await _result_response(broker, current, fmt, dtype)
+    response.headers["Location"] = location
+    return response

@@ -1,0 +1,219 @@
+"""Request and response bodies of the v1 API: ``JobCreate``, ``JobPublic``, ``ModelPublic``...
+
+These are the contract (ARCHITECTURE section 4) as the OpenAPI document shows it: every
+field has a description, and the error body is one schema for every status.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Final, Literal
+
+from fastapi import UploadFile
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.imaging import EXPOSURE_COUNT
+from service.queue import JobRecord, JobState
+
+#: Largest tile edge a client may ask for; bigger tiles buy little and risk GPU memory.
+MAX_TILE_SIZE: Final = 1024
+#: Model names as the repository's folder names may be spelled.
+MODEL_NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class JobCreate(BaseModel):
+    """The multipart form of ``POST /v1/jobs`` and ``POST /v1/reconstruct``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    exposures: list[UploadFile] = Field(
+        description=f"Exactly {EXPOSURE_COUNT} exposures of one scene, the field repeated once"
+        " per file: PNG, JPEG or TIFF, RGB, 8 or 16 bits per sample, all of one size. The"
+        " format is read from the bytes, never from the name. Any order: they are sorted"
+        " short to long by exposure."
+    )
+    exposure_values: str | None = Field(
+        None,
+        max_length=200,
+        examples=["-2,0,2"],
+        description="EV stops of the exposures in upload order, separated by commas or"
+        " spaces (exposure time = 2**EV; only differences matter). Finite and distinct.",
+    )
+    exposure_times: str | None = Field(
+        None,
+        max_length=200,
+        examples=["0.01,0.04,0.16"],
+        description="Exposure times in seconds in upload order, instead of exposure_values;"
+        " converted to EV stops relative to the shortest (EV = log2(t / t_shortest)). Without"
+        " either field the EXIF ExposureTime of each file decides (FNumber and ISO too when"
+        " every file has them and they differ).",
+    )
+    tile_size: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_TILE_SIZE,
+        description="Tile edge in pixels, a multiple of 8 larger than twice the model's"
+        " tile overlap; 0 runs the frame untiled (frames of at most 1024x1024 pixels only)."
+        " Default: the model's.",
+    )
+    model: str | None = Field(
+        None,
+        pattern=MODEL_NAME_PATTERN,
+        description="A model of GET /v1/models; default: the service's default model.",
+    )
+
+
+class ErrorDetail(BaseModel):
+    """What went wrong, for a program (``code``) and for a person (``message``)."""
+
+    code: str = Field(description="Stable machine-readable error code, e.g. `queue_full`.")
+    message: str = Field(description="What is wrong, naming the field or file at fault.")
+
+
+class ErrorBody(BaseModel):
+    """The body of every 4xx and 5xx answer."""
+
+    error: ErrorDetail
+
+
+#: What each error status means, for the OpenAPI document.
+ERROR_MEANINGS: Final = {
+    400: "Malformed request: a form field of the wrong type or range, an unknown field.",
+    401: "No API key, while HDR_API_KEYS is set.",
+    403: "An API key that is not accepted.",
+    404: "Unknown or expired job, or another key's.",
+    409: "The job has no result (yet), or cannot be cancelled any more.",
+    413: "Too large: the request body, a file's bytes, or a frame's pixel count.",
+    415: "A file is not a PNG, JPEG or TIFF RGB image (judged by its content).",
+    422: "Invalid exposure set: count, sizes, exposure metadata, or an unknown model.",
+    429: "The queue is full; retry after the Retry-After header's seconds.",
+    503: "The job queue (Redis) is unreachable, or not ready; retry after Retry-After.",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the error statuses a route can answer.
+
+    A ``4XX`` entry says that any other client error has the same body; it also keeps
+    FastAPI from documenting its own 422 validation body, which this API never sends
+    (validation errors are 400 with :class:`ErrorBody`).
+    """
+    responses: dict[int | str, dict[str, Any]] = {
+        status: {"model": ErrorBody, "description": ERROR_MEANINGS[status]} for status in statuses
+    }
+    responses["4XX"] = {"model": ErrorBody, "description": "Any other client error."}
+    return responses
+
+
+class Progress(BaseModel):
+    """Tiles of the job's frame run so far."""
+
+    tiles_done: int = Field(description="Tiles finished.")
+    tiles_total: int = Field(description="Tiles of the plan; 0 until the job starts.")
+
+
+def _when(timestamp: float | None) -> datetime | None:
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, tz=timezone.utc)
+
+
+class JobPublic(BaseModel):
+    """A job as its owner sees it."""
+
+    id: str = Field(description="The job's id: 128 random bits, 32 hex digits.")
+    status: JobState = Field(
+        description="queued, running, succeeded, failed or cancelled; the last three are final."
+    )
+    progress: Progress
+    model: str | None = Field(
+        description="Model that runs (or will run) the job; null until a worker decides."
+    )
+    engine: str | None = Field(description="Backend that ran it (torch, onnxruntime, ...).")
+    width: int | None = Field(description="Frame width in pixels.")
+    height: int | None = Field(description="Frame height in pixels.")
+    exposure_values: list[float] | None = Field(
+        description="EV stops used, short to long (the exposures were sorted by them)."
+    )
+    attempts: int = Field(description="Deliveries to a worker so far.")
+    created_at: datetime = Field(description="When the job was accepted (UTC).")
+    started_at: datetime | None = Field(description="When a worker last started it.")
+    finished_at: datetime | None = Field(description="When it reached a final status.")
+    timings: dict[str, float] = Field(
+        description="Seconds per stage of the successful run: queue_wait, decode, inference,"
+        " encode."
+    )
+    error: str | None = Field(
+        description="Why it failed, or why the last attempt failed while it is retried."
+    )
+    status_url: str = Field(description="Where to poll this job.")
+    result_url: str = Field(description="Where to download the result once it succeeded.")
+
+    @classmethod
+    def from_record(cls, record: JobRecord, root_path: str = "") -> JobPublic:
+        """The public view of a broker record (the owner and internal fields stay out)."""
+        status_url = f"{root_path}/v1/jobs/{record.id}"
+        evs = record.params.get("exposure_values")
+        return cls(
+            id=record.id,
+            status=record.status,
+            progress=Progress(tiles_done=record.tiles_done, tiles_total=record.tiles_total),
+            model=record.model,
+            engine=record.engine,
+            width=record.width,
+            height=record.height,
+            exposure_values=[float(v) for v in evs] if isinstance(evs, list) else None,
+            attempts=record.attempts,
+            created_at=datetime.fromtimestamp(record.created_at, tz=timezone.utc),
+            started_at=_when(record.started_at),
+            finished_at=_when(record.finished_at),
+            timings=dict(record.timings),
+            error=record.error,
+            status_url=status_url,
+            result_url=f"{status_url}/result",
+        )
+
+
+class ModelPublic(BaseModel):
+    """One model of the repository and whether the workers serve it."""
+
+    name: str = Field(description="What a job's `model` field names.")
+    status: Literal["serving", "loading", "absent"] = Field(
+        description="serving: a live worker runs it; loading: workers are still loading or"
+        " warming up; absent: no live worker can run it (`reason` says why)."
+    )
+    ready: bool = Field(description="Whether some live worker has it loaded and warmed up.")
+    default: bool = Field(description="Whether jobs that name no model run on it.")
+    version: int | None = Field(None, description="Version folder serving; null when weight-free.")
+    architecture: str | None = Field(None, description="Network, e.g. afunet or classical.")
+    backend: str | None = Field(None, description="Inference backend, e.g. torch.")
+    precision: str | None = Field(None, description="Arithmetic, e.g. fp32.")
+    precision_note: str | None = Field(
+        None, description="Why this precision, where a parity check or a fallback decided it."
+    )
+    device: str | None = Field(None, description="Where it runs, e.g. cpu or cuda:0.")
+    tile_size: int | None = Field(None, description="Default tile edge in pixels.")
+    tile_overlap: int | None = Field(None, description="Overlap between tiles in pixels.")
+    tile_batch: int | None = Field(None, description="Tiles per engine call.")
+    tile_source: str | None = Field(
+        None, description="Where the tile geometry comes from: config, or autotuned at start-up."
+    )
+    workers: int = Field(0, description="Live workers serving it.")
+    reason: str | None = Field(None, description="Why it is absent, as the workers report it.")
+
+
+class ModelList(BaseModel):
+    """What ``GET /v1/models`` answers."""
+
+    default_model: str | None = Field(
+        description="The model a job without `model` runs on; null while no worker is live."
+    )
+    workers: int = Field(description="Live workers (heartbeat not expired).")
+    models: list[ModelPublic]
+
+
+class HealthPublic(BaseModel):
+    """A health or readiness answer."""
+
+    status: Literal["ok", "ready", "not_ready"] = Field(description="The verdict.")
+    checks: dict[str, Any] = Field(
+        default_factory=dict, description="What was checked and what it found."
+    )

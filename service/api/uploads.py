@@ -1,0 +1,232 @@
+"""From the submitted form to what the broker stores: every check that keeps bad input out.
+
+Run in the API before anything is queued, cheapest first, and never decoding a pixel:
+count of files, bytes per file, format and size from the header alone (:func:`probe`
+refuses decompression bombs by their declared pixel count), minimum size, equal sizes,
+then the exposure metadata (form fields or EXIF), which decides the order the frames are
+stored in: short to long, as the model wants them. Each failure is the ``ServiceError``
+whose status the HTTP contract names, with a message that names the field or file.
+
+EV conventions (documented in the OpenAPI form description too):
+
+- ``exposure_values`` are EV stops as given (time = 2**EV; Kalantari's files hold
+  ``-2,0,2`` or ``0,2,4``: only the differences matter to a merge, and the model was
+  trained on such small numbers);
+- ``exposure_times`` (seconds) and EXIF give absolute times, whose log2 would be far from
+  anything the model saw (1/1000 s is EV -10), so they become EV stops relative to the
+  shortest exposure, Kalantari's convention: ``EV_i = log2(t_i / t_min)``;
+- from EXIF, the effective exposure is ``ExposureTime * ISO/100 / FNumber**2``, with the
+  ISO and FNumber terms only when every frame records them and they differ between
+  frames (when equal they cancel out; when some frame lacks them nothing can be compared).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from fastapi import UploadFile
+
+from service.api.schemas import JobCreate
+from service.config import Settings
+from service.errors import BadRequest, ImageTooLarge, InvalidExposureSet
+from service.exposures import (
+    check_exposure_values,
+    ev_from_exposure_times,
+    parse_exposure_values,
+)
+from service.imaging import EXPOSURE_COUNT, ImageInfo, check_bracket, probe
+
+#: Form fields besides the files: one MiB is far more than any honest form needs.
+FORM_OVERHEAD_BYTES: Final = 1024 * 1024
+#: Largest frame that may run untiled (tile_size=0): the whole frame is one engine call.
+MAX_UNTILED_PIXELS: Final = 1024 * 1024
+#: File names are echoed in messages; keep them short and printable.
+MAX_NAME_CHARS: Final = 80
+
+
+def request_body_limit(settings: Settings) -> int:
+    """Largest request body accepted: the configured one, else three full files plus a form."""
+    if settings.max_request_bytes is not None:
+        return settings.max_request_bytes
+    return EXPOSURE_COUNT * settings.max_upload_bytes + FORM_OVERHEAD_BYTES
+
+
+@dataclass(frozen=True)
+class Submission:
+    """A validated exposure set, short to long, ready for :meth:`Broker.submit`."""
+
+    blobs: list[bytes]
+    """The uploaded bytes, sorted by exposure."""
+    infos: list[ImageInfo]
+    names: list[str]
+    evs: tuple[float, ...]
+    """EV stops, strictly increasing."""
+    source: str
+    """Where the EVs came from: ``exposure_values``, ``exposure_times`` or ``exif``."""
+
+    @property
+    def width(self) -> int:
+        return self.infos[0].width
+
+    @property
+    def height(self) -> int:
+        return self.infos[0].height
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(len(blob) for blob in self.blobs)
+
+    def params(self, tile_size: int | None) -> dict[str, Any]:
+        """The job parameters the worker reads (JSON-serialisable)."""
+        return {
+            "exposure_values": list(self.evs),
+            "exposure_source": self.source,
+            "names": self.names,
+            "formats": [info.format.value for info in self.infos],
+            "tile_size": tile_size,
+        }
+
+
+def _display_name(upload: UploadFile, index: int) -> str:
+    raw = upload.filename or ""
+    name = "".join(c for c in raw if c.isprintable()).strip()[:MAX_NAME_CHARS]
+    return name or f"exposure {index + 1}"
+
+
+async def _read_bounded(upload: UploadFile, name: str, limit: int) -> bytes:
+    """The file's bytes, refusing it (413) as soon as it is known to exceed ``limit``."""
+    if upload.size is not None and upload.size > limit:
+        raise ImageTooLarge(f"{name}: {upload.size} bytes, over the limit of {limit} bytes")
+    data = await upload.read(limit + 1)
+    if len(data) > limit:
+        raise ImageTooLarge(f"{name}: more than {limit} bytes, over the limit")
+    return data
+
+
+def _fmt(values: Sequence[float]) -> str:
+    return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
+
+
+def _relative_to_shortest(evs: Sequence[float]) -> tuple[float, ...]:
+    shortest = min(evs)
+    return tuple(ev - shortest for ev in evs)
+
+
+def _varying(values: Sequence[float | None]) -> list[float] | None:
+    """``values`` when every frame records one and they are not all equal, else None."""
+    known = [v for v in values if v is not None]
+    return known if len(known) == len(values) and len(set(known)) > 1 else None
+
+
+def _evs_from_exif(infos: Sequence[ImageInfo], names: Sequence[str]) -> tuple[float, ...]:
+    """EV stops from ExposureTime, ISO/100 and 1/FNumber**2 (see the module docstring)."""
+    times: list[float] = []
+    f_numbers: list[float | None] = []
+    isos: list[float | None] = []
+    for info, name in zip(infos, names, strict=True):
+        exif = info.exposure
+        if exif is None or exif.exposure_time is None:
+            raise InvalidExposureSet(
+                f"{name}: no EXIF ExposureTime; send exposure_values (EV stops) or"
+                " exposure_times (seconds) with the files"
+            )
+        times.append(exif.exposure_time)
+        f_numbers.append(exif.f_number)
+        isos.append(exif.iso)
+    evs = [math.log2(t) for t in times]
+    if (apertures := _varying(f_numbers)) is not None:
+        evs = [ev - 2 * math.log2(f) for ev, f in zip(evs, apertures, strict=True)]
+    if (gains := _varying(isos)) is not None:
+        evs = [ev + math.log2(iso / 100) for ev, iso in zip(evs, gains, strict=True)]
+    return _relative_to_shortest(evs)
+
+
+def _exposure_values(
+    form: JobCreate, infos: Sequence[ImageInfo], names: Sequence[str]
+) -> tuple[tuple[float, ...], str]:
+    """EV stops in upload order and where they came from."""
+    if form.exposure_values is not None and form.exposure_times is not None:
+        raise InvalidExposureSet("give exposure_values or exposure_times, not both")
+    if form.exposure_values is not None:
+        source, text = "exposure_values", form.exposure_values
+    elif form.exposure_times is not None:
+        source, text = "exposure_times", form.exposure_times
+    else:
+        return _evs_from_exif(infos, names), "exif"
+    values = parse_exposure_values(text, source)
+    if len(values) != len(infos):
+        raise InvalidExposureSet(
+            f"{source}: expected {len(infos)} values, one per exposure, got {len(values)}"
+        )
+    if source == "exposure_times":
+        return _relative_to_shortest(ev_from_exposure_times(values)), source
+    if not all(math.isfinite(v) for v in values):
+        raise InvalidExposureSet(f"{source}: values must be finite numbers, got {_fmt(values)}")
+    return values, source
+
+
+async def read_submission(form: JobCreate, settings: Settings) -> Submission:
+    """Validate the form's files and exposure metadata; sort the frames short to long."""
+    uploads = form.exposures
+    if len(uploads) != EXPOSURE_COUNT:
+        raise InvalidExposureSet(
+            f"expected {EXPOSURE_COUNT} exposures (the `exposures` field once per file),"
+            f" got {len(uploads)}"
+        )
+    names = [_display_name(upload, i) for i, upload in enumerate(uploads)]
+    if len(set(names)) != len(names):  # keep messages unambiguous
+        names = [f"{name} (#{i + 1})" for i, name in enumerate(names)]
+    blobs = [
+        await _read_bounded(upload, name, settings.max_upload_bytes)
+        for upload, name in zip(uploads, names, strict=True)
+    ]
+    infos = [
+        probe(blob, name, settings.max_pixels) for blob, name in zip(blobs, names, strict=True)
+    ]
+    for info, name in zip(infos, names, strict=True):
+        if min(info.width, info.height) < settings.min_side:
+            raise InvalidExposureSet(
+                f"{name}: image is {info.width}x{info.height}, smaller than the minimum of"
+                f" {settings.min_side} pixels per side"
+            )
+    check_bracket(infos, names)
+    evs, source = _exposure_values(form, infos, names)
+    if len(set(evs)) != len(evs):
+        raise InvalidExposureSet(f"{source}: exposures must differ, got {_fmt(evs)}")
+    order = sorted(range(len(evs)), key=lambda i: evs[i])
+    try:
+        checked = check_exposure_values([evs[i] for i in order])
+    except InvalidExposureSet as exc:
+        raise InvalidExposureSet(f"{source}: {exc.message}") from exc
+    return Submission(
+        blobs=[blobs[i] for i in order],
+        infos=[infos[i] for i in order],
+        names=[names[i] for i in order],
+        evs=checked,
+        source=source,
+    )
+
+
+def check_tile_size(
+    tile_size: int | None, width: int, height: int, overlap: int | None
+) -> int | None:
+    """Refuse (400) a tile size the engine could not run; ``overlap`` is the model's if known."""
+    if tile_size is None:
+        return None
+    if tile_size == 0:
+        if width * height > MAX_UNTILED_PIXELS:
+            raise BadRequest(
+                f"tile_size: 0 (untiled) is allowed for frames up to {MAX_UNTILED_PIXELS}"
+                f" pixels; this one has {width * height}"
+            )
+        return 0
+    if tile_size % 8:
+        raise BadRequest(f"tile_size: must be a multiple of 8, got {tile_size}")
+    if overlap is not None and tile_size <= 2 * overlap:
+        raise BadRequest(
+            f"tile_size: must exceed twice the model's tile overlap ({overlap} px), got {tile_size}"
+        )
+    return tile_size

@@ -1,0 +1,41 @@
+"""``hdr-service worker``: load the models and consume jobs; ``--check`` probes one."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from ..config import Settings
+
+HELP = "run a worker: load the model repository, then consume jobs (needs HDR_REDIS_URL)"
+
+#: ``--check`` exit statuses (a Kubernetes exec probe reads them).
+CHECK_OK = 0
+CHECK_FAILED = 1
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 0 when this worker's heartbeat is alive and ready, else 1 (exec probe)",
+    )
+    parser.add_argument(
+        "--id", dest="worker_id", help="worker name (default HDR_WORKER_ID, else the host name)"
+    )
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    if not settings.redis_url:
+        raise ValueError("HDR_REDIS_URL is not set: a worker needs the API's Redis")
+    if args.worker_id:
+        settings = Settings.model_validate({**settings.model_dump(), "worker_id": args.worker_id})
+    if args.check:
+        from ..worker.check import check_worker
+
+        ok, line = asyncio.run(check_worker(settings))
+        print(line)
+        return CHECK_OK if ok else CHECK_FAILED
+    from ..worker.runner import serve_worker
+
+    return asyncio.run(serve_worker(settings))

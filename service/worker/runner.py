@@ -1,0 +1,664 @@
+"""The worker: load and warm up the models, then take jobs one at a time until told to stop.
+
+Lifecycle
+---------
+1. **Start.** The heartbeat (state ``loading``) and the health port come up first, so an
+   orchestrator sees a live, not-ready process while models load.
+2. **Load and warm up** every model of the repository that opens (in a thread, so the
+   heartbeat goes on), then state ``ready``: only now does ``/readyz`` answer 200 and
+   ``worker --check`` exit 0.
+3. **Jobs**, one at a time: receive (which also takes over jobs of dead workers) ->
+   start -> fetch and decode the uploads -> tiled inference in a thread -> encode a
+   float32 OpenEXR -> store the result and ack (``complete``). After every tile batch the
+   inference thread reports to the event loop: progress on the record and a check for
+   cancellation. Every heartbeat also ``touch``-es the job in hand, so a live worker
+   keeps its job however slow a tile batch is; only a dead worker's job (or a hung one,
+   without progress for ``job_stall_seconds``) is re-delivered.
+4. **SIGTERM/SIGINT: drain.** Stop taking jobs; the job in hand may finish within
+   ``drain_seconds``; after that it stops at its next tile batch and is handed back
+   (``release``: re-delivered at once, no attempt spent). A second signal hands it back
+   at once. Exit 0.
+5. **Engine fault** (CUDA error and the like): the job is failed with ``retry=True`` (it
+   goes back to the queue unless it was its last attempt) and the process exits with
+   :data:`EXIT_ENGINE_FAULT` for its supervisor to restart it with a fresh device context.
+
+How a failed job is judged: bad input (undecodable pixels that slipped past the API's
+header checks, an impossible tile size, a model this worker lacks) fails at once and
+for good; anything else is retried up to ``max_attempts``, then dead-lettered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from enum import Enum
+from functools import partial
+from typing import Any, Final
+
+from redis.exceptions import RedisError
+
+from service.config import Settings
+from service.engines.pipeline import reconstruct
+from service.engines.registry import ServedModel
+from service.engines.runtime import keep_freed_memory
+from service.errors import (
+    BadRequest,
+    ImageTooLarge,
+    InvalidExposureSet,
+    JobNotFound,
+    UnsupportedImage,
+)
+from service.exposures import ExposureSet
+from service.imaging import decode, encode_exr
+from service.metrics import Outcome, Stage, WorkerMetrics, gpu_memory_collector
+from service.queue import Broker, Delivery, JobRecord, JobState, open_broker
+from service.worker.faults import is_engine_fault
+from service.worker.health import HealthServer, build_health_app
+from service.worker.models import ModelNotServed, ModelSet, load_models, warm_up
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK: Final = 0
+#: Exit status after an engine fault: the supervisor restarts the worker.
+EXIT_ENGINE_FAULT: Final = 3
+#: Longest a blocking receive waits, so that a stop request is noticed within a second.
+RECEIVE_BLOCK_MS: Final = 1000
+#: How long the inference thread waits for a progress report to reach Redis; past that
+#: it goes on computing (a slow Redis must not stall the GPU) and reports next batch.
+PROGRESS_REPORT_TIMEOUT_SECONDS: Final = 10.0
+#: Pauses between tries while Redis is unreachable.
+REDIS_BACKOFF_SECONDS: Final = (0.5, 1.0, 2.0, 5.0)
+#: Bad input: the job fails at once, retrying cannot help.
+INPUT_ERRORS: Final = (
+    UnsupportedImage,
+    InvalidExposureSet,
+    ImageTooLarge,
+    BadRequest,
+    JobNotFound,
+    ModelNotServed,
+)
+
+
+class WorkerState(str, Enum):
+    """Where a worker is in its life (announced in its heartbeat)."""
+
+    LOADING = "loading"
+    """Loading and warming up models; takes no jobs yet."""
+    READY = "ready"
+    """Takes jobs."""
+    DRAINING = "draining"
+    """Told to stop: takes no new job, finishing (or handing back) the one in hand."""
+    STOPPED = "stopped"
+    """The loop has ended."""
+
+
+class _JobStopped(Exception):
+    """Raised in the progress callback to end a job's inference between tile batches."""
+
+
+class _Cancelled(_JobStopped):
+    """The owner cancelled the job."""
+
+
+class _HandedBack(_JobStopped):
+    """The worker is shutting down and its drain time is over."""
+
+
+class _Lost(_JobStopped):
+    """Another worker has taken the job over (this one was presumed dead)."""
+
+
+class Worker:
+    """One worker process's loop over the queue. Run it with ``await worker.run()``."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        broker: Broker,
+        *,
+        models: ModelSet | None = None,
+        metrics: WorkerMetrics | None = None,
+        health_port: int | None = None,
+    ) -> None:
+        """``models`` skips loading the repository (tests, benchmarks); ``health_port``
+        overrides ``settings.worker_metrics_port`` (-1: no health port)."""
+        self.settings = settings
+        self.broker = broker
+        self.metrics = metrics if metrics is not None else WorkerMetrics()
+        self.worker_id = settings.worker_id
+        self.state = WorkerState.LOADING
+        self.exit_code = EXIT_OK
+        self.health_port: int | None = None
+        self._wanted_port = settings.worker_metrics_port if health_port is None else health_port
+        self._models = models
+        self._started_at = time.time()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping = asyncio.Event()
+        self._handback = threading.Event()
+        self._lost = threading.Event()
+        self._drain_timer: asyncio.TimerHandle | None = None
+        self._redis_ok = False
+        self._job: Delivery | None = None
+        self._claimed: Delivery | None = None
+        """The job the heartbeat keeps claimed: set once started, cleared when settling."""
+        self._claim_lock = asyncio.Lock()
+        self._job_model: str | None = None
+        self._last_progress = time.monotonic()
+        self._tiles_reported = 0
+
+    # ------------------------------------------------------------------ health
+
+    @property
+    def models(self) -> ModelSet | None:
+        return self._models
+
+    def not_ready_reason(self) -> str | None:
+        """None when the worker takes jobs; otherwise why it does not (for /readyz)."""
+        if self.state is WorkerState.LOADING:
+            return "loading and warming up models"
+        if self.state is not WorkerState.READY:
+            return f"worker is {self.state.value}"
+        if self._models is None or not self._models.served:
+            reasons = "; ".join(
+                f"{name}: {why}"
+                for name, why in (self._models.unavailable if self._models else {}).items()
+            )
+            return f"no model can serve here ({reasons or 'empty model repository'})"
+        if not self._redis_ok:
+            return "Redis (the job queue) is unreachable"
+        stalled = self._stalled_seconds()
+        if stalled is not None:
+            return (
+                f"job {self._job.job_id if self._job else '?'} made no progress for {stalled:.0f} s"
+            )
+        return None
+
+    def _stalled_seconds(self) -> float | None:
+        """Seconds without progress of the job in hand, once past ``job_stall_seconds``."""
+        if self._job is None:
+            return None
+        idle = time.monotonic() - self._last_progress
+        return idle if idle > self.settings.job_stall_seconds else None
+
+    def _heartbeat_info(self) -> dict[str, Any]:
+        reason = self.not_ready_reason()
+        models = self._models
+        return {
+            "ready": reason is None,
+            "state": self.state.value,
+            "reason": reason,
+            "models": models.describe(self.state is WorkerState.READY) if models else {},
+            "unavailable": dict(models.unavailable) if models else {},
+            "default_model": models.default if models else None,
+            "job": self._job.job_id if self._job else None,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "metrics_port": self.health_port,
+            "started_at": self._started_at,
+        }
+
+    async def _beat(self) -> None:
+        """Write the heartbeat once; a Redis failure only marks the worker not ready."""
+        try:
+            await self.broker.heartbeat(
+                self.worker_id, self.settings.heartbeat_ttl_seconds, self._heartbeat_info()
+            )
+        except (RedisError, OSError) as exc:
+            if self._redis_ok:
+                logger.warning("heartbeat failed, Redis unreachable: %s", exc)
+            self._redis_ok = False
+            self.metrics.heartbeat_errors.inc()
+        else:
+            if not self._redis_ok:
+                logger.info("heartbeat written; Redis reachable")
+            self._redis_ok = True
+            self.metrics.heartbeats.inc()
+            self.metrics.last_heartbeat.set(time.time())
+            await self._keep_job()
+        self.metrics.ready.set(1 if self.not_ready_reason() is None else 0)
+
+    async def _keep_job(self) -> None:
+        """Keep the job in hand from being re-delivered while this worker lives.
+
+        Touched with every heartbeat, not only after each tile batch, so that a tile
+        batch slower than the visibility timeout does not hand a healthy job to a second
+        worker; only a dead worker (or a hung one: no progress for ``job_stall_seconds``)
+        loses its job.
+        """
+        async with self._claim_lock:
+            delivery = self._claimed
+            if delivery is None or self._stalled_seconds() is not None:
+                return
+            try:
+                owned = await self.broker.touch(delivery)
+            except (RedisError, OSError) as exc:
+                logger.warning("job %s: could not renew its claim (%s)", delivery.job_id, exc)
+                return
+            if not owned and self._claimed is delivery:
+                self._lost.set()
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await self._beat()
+            await asyncio.sleep(self.settings.heartbeat_interval_seconds)
+
+    @staticmethod
+    async def _end_task(task: asyncio.Task[None]) -> None:
+        """Cancel ``task`` until it has ended.
+
+        Never trust one ``cancel()`` of a task that talks to Redis: redis-py's asyncio
+        client occasionally swallows a cancellation that lands mid-command (measured here
+        with 8.1: about 3 in 100 cancelled SETs completed instead; redis-py issues #2028,
+        #2551), and a task whose only cancel was lost would keep the worker from exiting.
+        """
+        while not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.5)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def request_stop(self) -> None:
+        """Stop taking jobs; the job in hand has ``drain_seconds`` (a second call: none).
+
+        Safe to call from any thread (a signal handler, a test, a supervisor thread): the
+        request is carried over to the worker's own event loop.
+        """
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is not loop:
+                loop.call_soon_threadsafe(self.request_stop)
+                return
+        if self._stopping.is_set():
+            logger.warning("second stop request: handing the job in hand back now")
+            self._handback.set()
+            return
+        self._stopping.set()
+        if self.state is not WorkerState.STOPPED:
+            self.state = WorkerState.DRAINING
+        if self._job is not None:
+            logger.info(
+                "draining: job %s may finish within %s s",
+                self._job.job_id,
+                self.settings.drain_seconds,
+            )
+            self._drain_timer = asyncio.get_running_loop().call_later(
+                self.settings.drain_seconds, self._handback.set
+            )
+        else:
+            logger.info("stopping: no job in hand")
+
+    async def run(self) -> int:
+        """Serve until :meth:`request_stop` or an engine fault; returns the exit status."""
+        self._loop = asyncio.get_running_loop()
+        health = await self._start_health()  # first, so the first heartbeat names its port
+        heartbeat = asyncio.create_task(self._heartbeat_loop())
+        try:
+            if self._models is None:
+                self._models = await asyncio.to_thread(load_models, self.settings)
+            await asyncio.to_thread(warm_up, self._models)
+            self.metrics.set_models({n: m.describe() for n, m in self._models.served.items()})
+            if not self._stopping.is_set():
+                await self._ensure_group()
+                self.state = WorkerState.READY
+                await self._beat()  # tell the API now, not at the next interval
+                logger.info(
+                    "worker %s ready: serves %s (default %s)",
+                    self.worker_id,
+                    ", ".join(sorted(self._models.served)) or "nothing",
+                    self._models.default,
+                )
+            while not self._stopping.is_set():
+                if not self._models.served:  # not ready; the heartbeat says why
+                    await self._pause(self.settings.heartbeat_interval_seconds)
+                    continue
+                delivery = await self._receive()
+                if delivery is not None:
+                    await self._handle(delivery)
+                if self.exit_code != EXIT_OK:
+                    break
+        except Exception as exc:
+            if not is_engine_fault(exc):
+                raise
+            logger.critical("engine fault outside a job: %s", exc, exc_info=True)
+            self.exit_code = EXIT_ENGINE_FAULT
+        finally:
+            self.state = WorkerState.STOPPED
+            await self._end_task(heartbeat)
+            try:
+                await self.broker.retire(self.worker_id)
+            except (RedisError, OSError) as exc:
+                logger.warning("could not remove the heartbeat: %s", exc)
+            if health is not None:
+                await health.stop()
+        logger.info("worker %s stopped (exit status %s)", self.worker_id, self.exit_code)
+        return self.exit_code
+
+    async def _start_health(self) -> HealthServer | None:
+        if self._wanted_port < 0:
+            return None
+        server = HealthServer(
+            build_health_app(self), self.settings.worker_metrics_host, self._wanted_port
+        )
+        try:
+            await server.start()
+        except OSError as exc:
+            logger.error(
+                "cannot serve metrics and health on %s:%s (%s); running without them",
+                self.settings.worker_metrics_host,
+                self._wanted_port,
+                exc,
+            )
+            return None
+        self.health_port = server.port
+        return server
+
+    async def _redis_retry(self, attempt: int, exc: BaseException) -> None:
+        self._redis_ok = False
+        pause = REDIS_BACKOFF_SECONDS[min(attempt, len(REDIS_BACKOFF_SECONDS) - 1)]
+        if attempt == 0:
+            logger.warning("Redis unreachable (%s); retrying", exc)
+        await self._pause(pause)
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, but wake up at once when told to stop."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+
+    async def _ensure_group(self) -> None:
+        attempt = 0
+        while not self._stopping.is_set():
+            try:
+                await self.broker.ensure_group()
+                return
+            except (RedisError, OSError) as exc:
+                await self._redis_retry(attempt, exc)
+                attempt += 1
+
+    async def _receive(self) -> Delivery | None:
+        attempt = 0
+        while not self._stopping.is_set():
+            try:
+                delivery = await self.broker.receive(self.worker_id, block_ms=RECEIVE_BLOCK_MS)
+            except (RedisError, OSError) as exc:
+                await self._redis_retry(attempt, exc)
+                attempt += 1
+                continue
+            if delivery is not None and self._stopping.is_set():
+                # Received while being told to stop: not ours to start any more.
+                await self._settle(partial(self.broker.release, delivery), delivery)
+                return None
+            return delivery
+        return None
+
+    async def _settle(self, step: Callable[[], Awaitable[Any]], delivery: Delivery) -> Any:
+        """Record a job's end in Redis, retrying while Redis is briefly away.
+
+        The heartbeat stops renewing the claim first (under the claim lock, so no renewal
+        is in flight): ``release`` and a retrying ``fail`` age the entry on purpose, and a
+        late renewal would undo that. Gives up after about the visibility timeout: by
+        then the job is re-delivered anyway, and holding on would only delay this worker.
+        """
+        async with self._claim_lock:
+            if self._claimed is delivery:
+                self._claimed = None
+        deadline = time.monotonic() + self.settings.visibility_timeout_seconds
+        attempt = 0
+        while True:
+            try:
+                return await step()
+            except (RedisError, OSError) as exc:
+                if time.monotonic() > deadline:
+                    logger.error(
+                        "could not record the end of job %s (%s); it will be re-delivered",
+                        delivery.job_id,
+                        exc,
+                    )
+                    return None
+                pause = REDIS_BACKOFF_SECONDS[min(attempt, len(REDIS_BACKOFF_SECONDS) - 1)]
+                attempt += 1
+                await asyncio.sleep(pause)
+
+    # ------------------------------------------------------------------ one job
+
+    async def _handle(self, delivery: Delivery) -> None:
+        """Run one delivered job to its end, whatever happens, and count the outcome."""
+        assert self._models is not None
+        self._job = delivery
+        self._handback.clear()
+        self._lost.clear()
+        self._tiles_reported = 0
+        self._last_progress = time.monotonic()
+        try:
+            outcome = await self._attempt(delivery, self._models)
+        except RedisError as exc:
+            logger.error(
+                "job %s: Redis failed mid-job (%s); it will be re-delivered", delivery.job_id, exc
+            )
+            self._redis_ok = False
+            return
+        finally:
+            self._job = self._claimed = None
+            self._job_model = None
+            if self._drain_timer is not None:
+                self._drain_timer.cancel()
+                self._drain_timer = None
+        if outcome is not None:
+            self.metrics.jobs.labels(outcome=outcome.value).inc()
+
+    async def _attempt(self, delivery: Delivery, models: ModelSet) -> Outcome | None:
+        """One attempt; returns its outcome (None: the job did not start here)."""
+        job_id = delivery.job_id
+        record = await self.broker.get(job_id)
+        try:
+            name, model = models.pick(record.model if record else None)
+        except ModelNotServed as exc:
+            fail = partial(self.broker.fail, delivery, str(exc), retry=False)
+            await self._settle(fail, delivery)
+            return Outcome.FAILED
+        started = await self.broker.start(delivery, self.worker_id, model.engine.backend)
+        if started is None:
+            return None
+        self._claimed = delivery
+        self._job_model = name
+        logger.info(
+            "job %s: attempt %s on %s (%sx%s)",
+            job_id,
+            delivery.attempts,
+            name,
+            started.width,
+            started.height,
+        )
+        try:
+            return await self._run(delivery, started, name, model)
+        except _Cancelled:
+            await self._settle(partial(self.broker.mark_cancelled, delivery), delivery)
+            logger.info("job %s cancelled between tile batches", job_id)
+            return Outcome.CANCELLED
+        except _HandedBack:
+            await self._settle(partial(self.broker.release, delivery), delivery)
+            return Outcome.HANDED_BACK
+        except _Lost:
+            logger.warning("job %s was taken over by another worker; dropping it", job_id)
+            return Outcome.LOST
+        except INPUT_ERRORS as exc:
+            reason = getattr(exc, "message", None) or str(exc)
+            await self._settle(partial(self.broker.fail, delivery, reason, retry=False), delivery)
+            return Outcome.FAILED
+        except RedisError:
+            raise
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            if is_engine_fault(exc):
+                logger.critical("job %s: engine fault, exiting: %s", job_id, reason)
+                self.exit_code = EXIT_ENGINE_FAULT
+                await self._settle(
+                    partial(self.broker.fail, delivery, f"engine fault: {reason}", retry=True),
+                    delivery,
+                )
+                return Outcome.ENGINE_FAULT
+            logger.exception("job %s failed", job_id)
+            state = await self._settle(
+                partial(self.broker.fail, delivery, reason, retry=True), delivery
+            )
+            return Outcome.RETRIED if state is JobState.QUEUED else Outcome.FAILED
+
+    async def _run(
+        self, delivery: Delivery, record: JobRecord, name: str, model: ServedModel
+    ) -> Outcome:
+        """Decode, infer, encode, store: the happy path of :meth:`_attempt`."""
+        params = record.params
+        timings: dict[str, float] = {}
+        if record.started_at is not None:
+            timings[Stage.QUEUE_WAIT.value] = max(0.0, record.started_at - record.created_at)
+
+        began = time.perf_counter()
+        blobs = await self.broker.get_blobs(record.id)
+        exposures = await asyncio.to_thread(_decode, blobs, params, self.settings.max_pixels)
+        timings[Stage.DECODE.value] = time.perf_counter() - began
+
+        try:
+            plan = model.plan(exposures.height, exposures.width, params.get("tile_size"))
+        except ValueError as exc:
+            raise BadRequest(f"tile_size: {exc}") from exc
+        stop = await self._report(delivery, 0, len(plan))
+        if stop is not None:
+            raise stop
+
+        began = time.perf_counter()
+        hdr = await asyncio.to_thread(
+            reconstruct,
+            model.engine,
+            exposures,
+            plan,
+            model.tile_batch,
+            self._progress_bridge(delivery),
+        )
+        inference = time.perf_counter() - began
+        timings[Stage.INFERENCE.value] = inference
+
+        began = time.perf_counter()
+        result = await asyncio.to_thread(encode_exr, hdr, "float32")
+        timings[Stage.ENCODE.value] = time.perf_counter() - began
+
+        began = time.perf_counter()
+        stored = await self._settle(
+            partial(
+                self.broker.complete, delivery, result, timings, exposures.width, exposures.height
+            ),
+            delivery,
+        )
+        store = time.perf_counter() - began
+        if not stored:
+            logger.info("job %s: result not stored (finished elsewhere or cancelled)", record.id)
+            return Outcome.LOST
+        self._observe(name, record, exposures, len(plan), timings, store, inference)
+        return Outcome.SUCCEEDED
+
+    def _observe(
+        self,
+        name: str,
+        record: JobRecord,
+        exposures: ExposureSet,
+        tiles: int,
+        timings: dict[str, float],
+        store: float,
+        inference: float,
+    ) -> None:
+        for stage, seconds in timings.items():
+            self.metrics.stage_seconds.labels(stage=stage).observe(seconds)
+        self.metrics.stage_seconds.labels(stage=Stage.STORE.value).observe(store)
+        self.metrics.job_seconds.observe(max(0.0, time.time() - record.created_at))
+        pixels = exposures.width * exposures.height
+        self.metrics.pixels.labels(model=name).inc(pixels)
+        self.metrics.tiles.labels(model=name).inc(max(0, tiles - self._tiles_reported))
+        self._tiles_reported = tiles
+        if inference > 0:
+            self.metrics.throughput.labels(model=name).set(pixels / inference)
+        logger.info(
+            "job %s succeeded: %sx%s, %s tiles, %s",
+            record.id,
+            exposures.width,
+            exposures.height,
+            tiles,
+            ", ".join(f"{k} {v:.3f} s" for k, v in timings.items()),
+        )
+
+    # ------------------------------------------------------------------ progress
+
+    async def _report(self, delivery: Delivery, done: int, total: int) -> _JobStopped | None:
+        """Record progress, keep the job ours, and say whether it must stop."""
+        self._last_progress = time.monotonic()
+        if self._job_model is not None and done > self._tiles_reported:
+            self.metrics.tiles.labels(model=self._job_model).inc(done - self._tiles_reported)
+            self._tiles_reported = done
+        await self.broker.progress(delivery.job_id, done, total)
+        if self._lost.is_set() or not await self.broker.touch(delivery):
+            return _Lost()
+        if await self.broker.is_cancel_requested(delivery.job_id):
+            return _Cancelled()
+        if self._handback.is_set():
+            return _HandedBack()
+        return None
+
+    def _progress_bridge(self, delivery: Delivery) -> Callable[[int, int], None]:
+        """The ``on_progress`` of :func:`reconstruct`: runs in the inference thread.
+
+        It hands each report to the event loop and waits for the verdict; raising here
+        is how a cancel, a hand-back or a take-over stops the run between tile batches.
+        A report that fails (Redis away) is logged and inference goes on.
+        """
+        loop = asyncio.get_running_loop()
+
+        def on_progress(done: int, total: int) -> None:
+            if self._lost.is_set():
+                raise _Lost()
+            if self._handback.is_set():
+                raise _HandedBack()
+            future = asyncio.run_coroutine_threadsafe(self._report(delivery, done, total), loop)
+            try:
+                verdict = future.result(timeout=PROGRESS_REPORT_TIMEOUT_SECONDS)
+            except (RedisError, OSError, concurrent.futures.TimeoutError) as exc:
+                future.cancel()
+                logger.warning("job %s: progress not recorded (%s)", delivery.job_id, exc)
+                return
+            if verdict is not None:
+                raise verdict
+
+        return on_progress
+
+
+def _decode(blobs: list[bytes], params: dict[str, Any], max_pixels: int) -> ExposureSet:
+    """The job's uploads as an exposure set (short to long, as the API sorted them)."""
+    names = [
+        str(n) for n in params.get("names") or [f"exposure {i + 1}" for i in range(len(blobs))]
+    ]
+    evs = [float(v) for v in params["exposure_values"]]
+    images = [decode(blob, name, max_pixels) for blob, name in zip(blobs, names, strict=True)]
+    return ExposureSet.from_images(images, evs, names)
+
+
+# ---------------------------------------------------------------------- process entry points
+
+
+async def serve_worker(settings: Settings) -> int:
+    """The ``hdr-service worker`` process: signals, GPU metrics, the loop; exit status."""
+    keep_freed_memory()
+    async with open_broker(settings, client_name=f"hdr-worker:{settings.worker_id}") as broker:
+        worker = Worker(settings, broker)
+        gpu_memory_collector(worker.metrics.registry)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, worker.request_stop)
+        return await worker.run()

@@ -1,0 +1,108 @@
+"""GET /v1/models and the `model` form field, as the live workers' heartbeats decide them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+
+from service.config import Settings
+from service.worker.models import ModelSet
+from tests.factories import bracket_uploads, exposure_files
+from tests.worker import engines
+from tests.worker.harness import api_server, wait_for, worker_thread
+
+
+def submit(client: httpx.Client, **fields: str) -> httpx.Response:
+    data = {"exposure_values": "-2,0,2", **fields}
+    return client.post("/v1/jobs", files=exposure_files(bracket_uploads()), data=data)
+
+
+def live_models(client: httpx.Client) -> dict:
+    """GET /v1/models once a live worker reports its models loaded."""
+
+    def loaded() -> dict | None:
+        body = client.get("/v1/models").json()
+        statuses = {m["status"] for m in body["models"]}
+        return body if body["workers"] and "loading" not in statuses else None
+
+    return wait_for(loaded, 10, "a ready worker's heartbeat")
+
+
+def test_models_show_what_the_live_worker_serves(
+    service_settings: Settings, golden_models: ModelSet
+) -> None:
+    with (
+        api_server(service_settings) as url,
+        httpx.Client(base_url=url, timeout=30) as client,
+        worker_thread(service_settings, golden_models),
+    ):
+        body = live_models(client)
+
+    assert body["default_model"] == "afunet"
+    (afunet,) = body["models"]
+    assert afunet == {
+        "name": "afunet",
+        "status": "serving",
+        "ready": True,
+        "default": True,
+        "version": 1,
+        "architecture": "afunet",
+        "backend": "torch",
+        "precision": "fp32",
+        "precision_note": None,
+        "device": "cpu",
+        "tile_size": 128,
+        "tile_overlap": 8,
+        "tile_batch": 1,
+        "tile_source": "config",
+        "workers": 1,
+        "reason": None,
+    }
+
+
+def test_without_workers_repository_models_are_listed_absent_and_jobs_still_queue(
+    service_settings: Settings,
+) -> None:
+    with api_server(service_settings) as url, httpx.Client(base_url=url, timeout=30) as client:
+        body = client.get("/v1/models").json()
+        queued = submit(client, model="afunet")
+        unknown = submit(client, model="nope")
+
+    assert body["workers"] == 0 and body["default_model"] is None
+    assert [(m["name"], m["status"], m["reason"]) for m in body["models"]] == [
+        ("afunet", "absent", "no live worker")
+    ]
+    assert queued.status_code == 202 and queued.json()["model"] == "afunet"
+    assert unknown.status_code == 422
+    assert unknown.json()["error"]["code"] == "model_unavailable"
+    assert "afunet" in unknown.json()["error"]["message"]
+
+
+def test_model_without_weights_is_reported_absent_with_the_reason(
+    service_settings: Settings, tmp_path: Path
+) -> None:
+    repo = tmp_path / "repo"
+    (repo / "afunet").mkdir(parents=True)
+    (repo / "afunet" / "config.yaml").write_text("architecture: afunet\nbackends: [torch]\n")
+    engines.write_test_model(repo, "fallback", "test-reference")
+    engines.install()
+    settings = service_settings.model_copy(update={"model_repo": repo})
+    with (
+        api_server(settings) as url,
+        httpx.Client(base_url=url, timeout=30) as client,
+        worker_thread(settings),
+    ):
+        body = live_models(client)
+        refused = submit(client, model="afunet")
+        accepted = submit(client)
+
+    models = {m["name"]: m for m in body["models"]}
+    assert models["fallback"]["status"] == "serving" and models["fallback"]["default"]
+    assert models["afunet"]["status"] == "absent" and not models["afunet"]["ready"]
+    assert "model.pth" in models["afunet"]["reason"]
+    assert body["default_model"] == "fallback"
+    assert refused.status_code == 422
+    message = refused.json()["error"]["message"]
+    assert "model.pth" in message and "available: fallback" in message
+    assert accepted.status_code == 202 and accepted.json()["model"] == "fallback"

@@ -1,0 +1,132 @@
+"""What the queue promises through HTTP: idempotency, a bounded queue, expiry, and
+readiness that follows Redis down and back up."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.config import Settings
+from service.worker.models import ModelSet
+from tests.factories import bracket_uploads, exposure_files
+from tests.worker.engines import ReferenceEngine, served
+from tests.worker.harness import api_server, free_port, wait_for, worker_thread
+
+
+def submit(client: httpx.Client, key: str | None = None, seed: int = 0) -> httpx.Response:
+    headers = {"Idempotency-Key": key} if key else {}
+    return client.post(
+        "/v1/jobs",
+        files=exposure_files(bracket_uploads(seed=seed)),
+        data={"exposure_values": "-2,0,2"},
+        headers=headers,
+    )
+
+
+@pytest.fixture
+def client(service_settings: Settings) -> Iterator[httpx.Client]:
+    with api_server(service_settings) as url, httpx.Client(base_url=url, timeout=30) as http:
+        yield http
+
+
+def test_same_idempotency_key_returns_the_same_job(client: httpx.Client) -> None:
+    first = submit(client, key="order-42")
+    again = submit(client, key="order-42", seed=1)
+    other = submit(client, key="order-43")
+
+    assert first.status_code == again.status_code == other.status_code == 202
+    assert again.json()["id"] == first.json()["id"]
+    assert other.json()["id"] != first.json()["id"]
+    assert client.get("/metrics").text.count("hdr_queue_depth 2.0") == 1
+
+
+def test_full_queue_is_429_with_retry_after(service_settings: Settings) -> None:
+    small = service_settings.model_copy(update={"max_queue_length": 2})
+    with api_server(small) as url, httpx.Client(base_url=url, timeout=30) as client:
+        assert submit(client).status_code == 202
+        assert submit(client).status_code == 202
+        refused = submit(client)
+
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "queue_full"
+    assert "2 jobs" in refused.json()["error"]["message"]
+    assert int(refused.headers["Retry-After"]) >= 1
+
+
+def test_job_is_404_after_its_ttl(service_settings: Settings) -> None:
+    short = service_settings.model_copy(update={"job_ttl_seconds": 1})
+    with api_server(short) as url, httpx.Client(base_url=url, timeout=30) as client:
+        job = submit(client).json()
+        assert client.get(job["status_url"]).status_code == 200
+        time.sleep(1.5)
+        response = client.get(job["status_url"])
+
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+
+
+def test_result_is_404_after_its_ttl(service_settings: Settings) -> None:
+    short = service_settings.model_copy(update={"job_ttl_seconds": 2})
+    models = ModelSet(served={"afunet": served("afunet", ReferenceEngine())})
+    with (
+        api_server(short) as url,
+        httpx.Client(base_url=url, timeout=30) as client,
+        worker_thread(short, models),
+    ):
+        job = submit(client).json()
+        wait_for(lambda: client.get(job["result_url"]).status_code == 200, 10, "the result")
+        time.sleep(2.5)
+        response = client.get(job["result_url"])
+
+    assert response.status_code == 404
+
+
+@contextmanager
+def redis_server(port: int, workdir: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A throw-away redis-server on ``port`` (no persistence)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("no redis-server on PATH")
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield process
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_readiness_follows_redis_down_and_back(service_settings: Settings, tmp_path: Path) -> None:
+    port = free_port()
+    own = service_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{port}/0"})
+    with api_server(own) as url, httpx.Client(base_url=url, timeout=30) as client:
+        with redis_server(port, tmp_path):
+            wait_for(lambda: client.get("/readyz").status_code == 200, 10, "readiness")
+            assert client.get("/v2/health/ready").status_code == 200
+
+        down = client.get("/readyz")
+        assert down.status_code == 503
+        assert down.json()["error"]["code"] == "not_ready"
+        assert client.get("/v2/health/ready").status_code == 503
+        assert client.get("/healthz").status_code == 200  # alive, just not ready
+        refused = submit(client)
+        assert refused.status_code == 503
+        assert refused.json()["error"]["code"] == "unavailable"
+        assert refused.headers["Retry-After"]
+        metrics = client.get("/metrics")
+        assert metrics.status_code == 200 and "hdr_redis_up 0.0" in metrics.text
+
+        with redis_server(port, tmp_path):
+            wait_for(lambda: client.get("/readyz").status_code == 200, 10, "readiness again")
+            assert submit(client).status_code == 202

@@ -1,0 +1,167 @@
+"""Running the service for real in tests: the API on a loopback port, workers in threads
+or subprocesses, all against the test Redis.
+
+The API runs under uvicorn in a thread (real HTTP, real sockets); an in-process worker
+runs its asyncio loop in a thread of its own; a subprocess worker is the real CLI
+(``python -m tests.worker.engines worker`` adds only the test engines' backends).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import faulthandler
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import uvicorn
+
+from service.api.app import create_app
+from service.config import Settings
+from service.queue import open_broker
+from service.worker.models import ModelSet
+from service.worker.runner import Worker, WorkerState
+from tests.factories import REPO
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Poll ``probe`` until it returns something truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+@contextmanager
+def api_server(settings: Settings) -> Iterator[str]:
+    """The API app of ``settings`` under uvicorn on a free loopback port; yields its URL."""
+    port = free_port()
+    config = uvicorn.Config(
+        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="api-server", daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started or not thread.is_alive(), 20, "the API to start")
+        assert thread.is_alive(), "the API server failed to start"
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(20)
+
+
+@contextmanager
+def worker_thread(
+    settings: Settings, models: ModelSet | None = None, health_port: int = -1
+) -> Iterator[Worker]:
+    """A :class:`Worker` running in its own event loop thread until the block ends."""
+    started = threading.Event()
+    state: dict[str, Any] = {}
+
+    async def main() -> int:
+        async with open_broker(settings, client_name="test-worker") as broker:
+            worker = Worker(settings, broker, models=models, health_port=health_port)
+            state["worker"], state["loop"] = worker, asyncio.get_running_loop()
+            started.set()
+            return await worker.run()
+
+    def target() -> None:
+        state["exit"] = asyncio.run(main())
+
+    thread = threading.Thread(target=target, name="worker", daemon=True)
+    thread.start()
+    try:
+        assert started.wait(20), "the worker did not start"
+        worker: Worker = state["worker"]
+        wait_for(
+            lambda: worker.state is not WorkerState.LOADING and worker.health_port != 0,
+            60,
+            "the worker to load its models",
+        )
+        yield worker
+    finally:
+        if "worker" in state and thread.is_alive():
+            state["worker"].request_stop()  # thread-safe
+        thread.join(60)
+        if thread.is_alive():
+            faulthandler.dump_traceback(all_threads=True)  # where it hangs, for the report
+            asyncio.run_coroutine_threadsafe(_print_tasks(), state["loop"]).result(10)
+            raise AssertionError("the worker did not stop")
+
+
+async def _print_tasks() -> None:
+    """Every task of the running loop with its stack (a hung worker's diagnosis)."""
+    for task in asyncio.all_tasks():
+        task.print_stack(file=sys.stderr)
+
+
+def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a worker subprocess sharing ``settings``' Redis and prefix."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HDR_")}
+    env.update(
+        {
+            "HDR_REDIS_URL": str(settings.redis_url),
+            "HDR_KEY_PREFIX": settings.key_prefix,
+            "HDR_MODEL_REPO": str(settings.model_repo),
+            "HDR_VISIBILITY_TIMEOUT_SECONDS": str(settings.visibility_timeout_seconds),
+            "HDR_MAX_ATTEMPTS": str(settings.max_attempts),
+            "HDR_JOB_TTL_SECONDS": str(settings.job_ttl_seconds),
+            "HDR_HEARTBEAT_INTERVAL_SECONDS": str(settings.heartbeat_interval_seconds),
+            "HDR_HEARTBEAT_TTL_SECONDS": str(settings.heartbeat_ttl_seconds),
+            "HDR_DRAIN_SECONDS": str(settings.drain_seconds),
+            "HDR_WORKER_METRICS_PORT": "0",
+            "HDR_DEVICE": "cpu",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    env.update(extra)
+    return env
+
+
+@contextmanager
+def worker_process(
+    env: Mapping[str, str], log: Path, *args: str
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``hdr-service worker`` (plus test backends) as a subprocess; stopped at the end."""
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tests.worker.engines", "worker", *args],
+            cwd=REPO,
+            env=dict(env),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(30)
+                except subprocess.TimeoutExpired:
+                    process.send_signal(signal.SIGUSR1)  # faulthandler: stacks into the log
+                    time.sleep(1)
+                    process.kill()
+                    process.wait()

@@ -1,0 +1,233 @@
+"""How a worker ends each kind of job: failures retried then dead-lettered, bad input
+failed at once, cancellation, drain on stop. Workers run in-process on test engines."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import pytest
+
+from service.config import Settings
+from service.errors import EngineFault
+from service.queue import Broker, JobRecord, JobState
+from service.worker.faults import is_engine_fault
+from service.worker.models import ModelSet
+from service.worker.runner import EXIT_OK, Worker
+from tests.factories import bracket_uploads
+from tests.worker.engines import CUDA_FAULT, FailingEngine, ReferenceEngine, served
+from tests.worker.harness import worker_thread
+
+pytestmark = pytest.mark.anyio
+
+
+async def submit(
+    broker: Broker, uploads: list[tuple[str, bytes]] | None = None, **params: Any
+) -> str:
+    """Queue a job the way the API does (frames short to long, EVs and names in params)."""
+    uploads = uploads or bracket_uploads()
+    record = await broker.submit(
+        {
+            "exposure_values": [-2.0, 0.0, 2.0],
+            "names": [name for name, _ in uploads],
+            "tile_size": None,
+            **params,
+        },
+        [data for _, data in uploads],
+        width=64,
+        height=48,
+    )
+    return record.id
+
+
+async def until(
+    broker: Broker, job_id: str, done: Callable[[JobRecord], bool], timeout: float = 30
+) -> JobRecord:
+    deadline = time.monotonic() + timeout
+    while True:
+        record = await broker.get(job_id)
+        assert record is not None
+        if done(record):
+            return record
+        assert time.monotonic() < deadline, f"job stuck: {record}"
+        await anyio.sleep(0.05)
+
+
+def final(record: JobRecord) -> bool:
+    return record.status.is_final
+
+
+def models_of(engine: ReferenceEngine) -> ModelSet:
+    return ModelSet(served={"afunet": served("afunet", engine)}, preferred="afunet")
+
+
+async def test_job_failing_every_attempt_ends_failed_in_the_dead_letter_stream(
+    broker: Broker, service_settings: Settings
+) -> None:
+    job_id = await submit(broker)
+    with worker_thread(service_settings, models_of(FailingEngine())):
+        record = await until(broker, job_id, final, timeout=60)
+
+    assert record.status is JobState.FAILED
+    assert record.attempts == service_settings.max_attempts == 3
+    assert (
+        record.error
+        == "failed after 3 attempts: RuntimeError: non-finite values in the tile output"
+    )
+    (dead,) = await broker.dead_letters()
+    assert dead["job"] == job_id and dead["attempts"] == "3"
+    assert "non-finite values" in dead["reason"]
+
+
+async def test_undecodable_pixels_fail_at_once_and_the_worker_goes_on(
+    broker: Broker, service_settings: Settings
+) -> None:
+    uploads = bracket_uploads()
+    name, data = uploads[1]
+    uploads[1] = (name, data[: len(data) // 2])  # header intact, pixel data cut
+    engine = ReferenceEngine()
+    with worker_thread(service_settings, models_of(engine)):
+        broken = await submit(broker, uploads)
+        record = await until(broker, broken, final)
+        healthy = await until(broker, await submit(broker), final)
+
+    assert record.status is JobState.FAILED and record.attempts == 1
+    assert record.error is not None and name in record.error
+    assert await broker.dead_letter_depth() == 1
+    assert healthy.status is JobState.SUCCEEDED
+
+
+async def test_job_for_a_model_the_worker_lacks_fails_naming_what_it_serves(
+    broker: Broker, service_settings: Settings
+) -> None:
+    record = await broker.submit(
+        {"exposure_values": [-2, 0, 2], "names": ["a", "b", "c"]},
+        [data for _, data in bracket_uploads()],
+        model="elsewhere",
+    )
+    with worker_thread(service_settings, models_of(ReferenceEngine())):
+        failed = await until(broker, record.id, final)
+
+    assert failed.status is JobState.FAILED
+    assert failed.error is not None
+    assert "'elsewhere' is not served" in failed.error and "it serves: afunet" in failed.error
+
+
+async def test_stopping_worker_finishes_the_job_in_hand_within_the_drain_time(
+    broker: Broker, service_settings: Settings
+) -> None:
+    job_id = await submit(broker, bracket_uploads(96, 96), tile_size=32)
+    with worker_thread(service_settings, models_of(ReferenceEngine(delay=0.1))) as worker:
+        await until(broker, job_id, lambda r: r.tiles_done >= 1)
+        worker.request_stop()
+        record = await until(broker, job_id, final)
+
+    assert record.status is JobState.SUCCEEDED
+    assert worker.exit_code == EXIT_OK
+
+
+async def test_job_still_running_when_the_drain_ends_is_handed_back_unspent(
+    broker: Broker, service_settings: Settings
+) -> None:
+    short = service_settings.model_copy(update={"drain_seconds": 0.3})
+    job_id = await submit(broker, bracket_uploads(128, 128), tile_size=32)
+    with worker_thread(short, models_of(ReferenceEngine(delay=0.2))) as worker:
+        await until(broker, job_id, lambda r: r.tiles_done >= 1)
+        worker.request_stop()
+        record = await until(broker, job_id, lambda r: r.status is JobState.QUEUED)
+
+    assert record.attempts == 0 and record.tiles_done == 0
+    assert await broker.queue_depth() == 1
+    finisher = short.model_copy(update={"worker_id": "finisher"})
+    with worker_thread(finisher, models_of(ReferenceEngine())):
+        done = await until(broker, job_id, final)
+    assert done.status is JobState.SUCCEEDED and done.attempts == 1
+
+
+async def test_live_worker_keeps_a_job_whose_tile_batches_outlast_the_visibility_timeout(
+    broker: Broker, service_settings: Settings
+) -> None:
+    hasty = service_settings.model_copy(
+        update={"visibility_timeout_seconds": 0.5, "heartbeat_interval_seconds": 0.1}
+    )
+    slow = ReferenceEngine(delay=1.5)  # each tile batch outlasts the thief's polling too
+    idle = ReferenceEngine()
+    job_id = await submit(broker, bracket_uploads(48, 64), tile_size=40)  # 2 tiles
+    with worker_thread(hasty, models_of(slow)):
+        await until(broker, job_id, lambda r: r.status is JobState.RUNNING)
+        other = hasty.model_copy(update={"worker_id": "would-be-thief"})
+        with worker_thread(other, models_of(idle)):
+            record = await until(broker, job_id, final)
+
+    assert record.status is JobState.SUCCEEDED
+    assert record.attempts == 1 and record.worker == hasty.worker_id
+    assert idle.calls == 1  # its warm-up only
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError(CUDA_FAULT),
+        RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : CUDA failure 700"),
+        EngineFault("TensorRT context lost"),
+        type("OutOfMemoryError", (RuntimeError,), {})("out of memory"),
+    ],
+)
+async def test_device_failures_are_engine_faults(error: Exception) -> None:
+    assert is_engine_fault(error)
+
+
+async def test_engine_fault_is_recognised_through_its_cause() -> None:
+    try:
+        try:
+            raise RuntimeError(CUDA_FAULT)
+        except RuntimeError as inner:
+            raise ValueError("tile 3 failed") from inner
+    except ValueError as outer:
+        assert is_engine_fault(outer)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [ValueError("bad tile shape"), MemoryError(), RuntimeError("non-finite values")],
+)
+async def test_ordinary_failures_are_not_engine_faults(error: Exception) -> None:
+    assert not is_engine_fault(error)
+
+
+def test_default_model_prefers_the_configured_one_then_classical_then_any() -> None:
+    engine = ReferenceEngine()
+    both = ModelSet(
+        served={"afunet": served("afunet", engine), "classical": served("classical", engine)},
+        preferred="afunet",
+    )
+    assert both.default == "afunet"
+    no_afunet = ModelSet(
+        served={"classical": served("classical", engine), "zeta": served("zeta", engine)},
+        unavailable={"afunet": "no weights"},
+        preferred="afunet",
+    )
+    assert no_afunet.default == "classical"
+    only_other = ModelSet(served={"zeta": served("zeta", engine)}, preferred="afunet")
+    assert only_other.default == "zeta"
+    assert ModelSet(preferred="afunet").default is None
+
+
+async def test_worker_ends_a_task_even_when_it_swallows_a_cancel() -> None:
+    """redis-py sometimes swallows a cancel mid-command; stopping must not hang on it."""
+
+    async def stubborn() -> None:
+        with contextlib.suppress(asyncio.CancelledError):  # as redis-py occasionally does
+            await anyio.sleep(30)
+        await anyio.sleep(30)
+
+    task = asyncio.create_task(stubborn())
+    await anyio.sleep(0)
+    started = time.monotonic()
+    await Worker._end_task(task)
+    assert task.cancelled() and time.monotonic() - started < 2
