@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,7 @@ import numpy as np
 from service.config import DEFAULT_TILE_BATCH, DEFAULT_TILE_OVERLAP, DEFAULT_TILE_SIZE
 from service.engines.parity import psnr_mu
 from service.engines.pipeline import reconstruct
-from service.engines.runtime import keep_freed_memory
+from service.engines.runtime import keep_freed_memory, peak_rss_bytes
 from service.engines.tiling import TilePlan
 from service.engines.torch_engine import TorchEngine
 from service.exposures import ExposureSet
@@ -93,7 +92,7 @@ def _rss_child(checkpoint: Path, frames: Path) -> dict:
         ("s", "r", "l"),
     )
     engine = TorchEngine.from_checkpoint(checkpoint, "cpu")
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    before = peak_rss_bytes()
     plan = TilePlan.build(
         exposures.height, exposures.width, DEFAULT_TILE_SIZE, DEFAULT_TILE_OVERLAP
     )
@@ -104,7 +103,7 @@ def _rss_child(checkpoint: Path, frames: Path) -> dict:
         "tiles": len(plan),
         "seconds": seconds,
         "rss_before_bytes": before,
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_rss_bytes": peak_rss_bytes(),
         "finite": bool(np.isfinite(out).all()),
     }
 

@@ -64,7 +64,10 @@ class Settings(BaseSettings):
         24 * 3600, ge=1, description="Lifetime of job records, uploads and results."
     )
     visibility_timeout_seconds: float = Field(
-        300.0, gt=0, description="A job unacknowledged this long is re-delivered."
+        60.0,
+        gt=0,
+        description="A job whose worker stopped renewing its claim (it does so with every"
+        " heartbeat) this long is re-delivered: how long a dead worker's job waits.",
     )
     max_attempts: int = Field(3, ge=1, description="Deliveries before a job is dead-lettered.")
     max_queue_length: int = Field(100, ge=1, description="Queued jobs beyond which POST is 429.")

@@ -20,7 +20,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -135,7 +134,7 @@ def _device_bytes() -> int | None:
 def run_child(case: Case, checkpoint: Path, scene: Path, cache: Path, output: Path) -> dict:
     """Measure ``case``; called in a fresh process."""
     from ..engines.pipeline import reconstruct
-    from ..engines.runtime import keep_freed_memory
+    from ..engines.runtime import keep_freed_memory, peak_rss_bytes
     from ..engines.tiling import TilePlan
     from ..exposures import ExposureSet
 
@@ -174,7 +173,7 @@ def run_child(case: Case, checkpoint: Path, scene: Path, cache: Path, output: Pa
     np.save(output, out)
     return {
         "latency_s": times,
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "peak_rss_bytes": peak_rss_bytes(),
         "peak_device_bytes": device_peak,
         "device": str(engine.device),
         "output": str(output),

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from ..config import Settings
+from .model_options import add_model_arguments, add_tiling_arguments, open_model
 
 HELP = "score a model on a labelled test set (Kalantari, Hu or Tel layout)"
 
@@ -54,19 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     layout.add_argument("--label-file", help="HDR label file in each scene (.hdr or .exr)")
 
     model = parser.add_argument_group("model")
-    model.add_argument(
-        "--model", help="model of the repository (default: HDR_DEFAULT_MODEL, afunet)"
-    )
-    model.add_argument("--checkpoint", type=Path, help="AFUNet weights instead of the repository's")
-    model.add_argument(
-        "--engine",
-        choices=("torch", "onnxruntime", "tensorrt", "numpy"),
-        help="force a backend instead of the model's config.yaml order",
-    )
-    model.add_argument(
-        "--precision", choices=("auto", "fp32", "fp16", "bf16"), help="network arithmetic"
-    )
-    model.add_argument("--device", choices=("auto", "cpu", "cuda"), help="inference device")
+    add_model_arguments(model)
 
     tiling = parser.add_argument_group(
         "tiling and padding",
@@ -74,10 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f" reproduce the published figures use --no-tile --pad-to {OFFICIAL_PAD}, as the"
         " official test does.",
     )
-    tiling.add_argument("--tile-size", type=int, help="tile edge in pixels, a multiple of 8")
-    tiling.add_argument("--tile-overlap", type=int, help="overlap between tiles in pixels")
-    tiling.add_argument("--tile-batch", type=int, help="tiles per engine call")
-    tiling.add_argument("--no-tile", action="store_true", help="run each whole frame at once")
+    add_tiling_arguments(tiling)
     tiling.add_argument(
         "--pad-to",
         type=int,
@@ -104,8 +90,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
-    from ..engines.registry import load_model
-    from ..engines.runtime import keep_freed_memory
     from ..quality.datasets import LAYOUTS, InvalidDataset, find_scenes
     from ..quality.evaluation import ModelPredictor, SaveOptions, evaluate
 
@@ -119,18 +103,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         label_file=args.label_file,
     )
     scenes = find_scenes(args.dataset, layout)
-    overrides = {
-        k: v
-        for k, v in (
-            ("device", args.device),
-            ("engine", args.engine),
-            ("precision", args.precision),
-        )
-        if v is not None
-    }
-    settings = settings.model_copy(update=overrides)
-    keep_freed_memory()
-    served = load_model(settings, args.model, args.checkpoint)
+    served = open_model(args, settings)
     predictor = ModelPredictor(
         served,
         tile_size=0 if args.no_tile else args.tile_size,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..config import Settings
 from ..errors import InvalidExposureSet
+from .model_options import add_model_arguments, add_tiling_arguments, open_model
 
 HELP = "reconstruct one exposure set offline"
 
@@ -37,11 +38,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--ev", type=_float_list, help="EV stops of --exposures, e.g. -2,0,2 (time = 2**EV)"
     )
     parser.add_argument(
-        "--checkpoint",
-        type=Path,
-        help="AFUNet weights (official .pth or a state dict); default: the model repository",
-    )
-    parser.add_argument(
         "--output",
         "-o",
         type=Path,
@@ -54,24 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="float32",
         help="OpenEXR sample type (default float32)",
     )
-    parser.add_argument("--tile-size", type=int, help="tile edge in pixels, a multiple of 8")
-    parser.add_argument("--tile-overlap", type=int, help="overlap between tiles in pixels")
-    parser.add_argument("--tile-batch", type=int, help="tiles per engine call")
-    parser.add_argument("--no-tile", action="store_true", help="run the whole frame at once")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="inference device")
-    parser.add_argument(
-        "--model", help="model of the repository to run (default: HDR_DEFAULT_MODEL, afunet)"
-    )
-    parser.add_argument(
-        "--engine",
-        choices=("torch", "onnxruntime", "tensorrt", "numpy"),
-        help="force a backend instead of the model's config.yaml order",
-    )
-    parser.add_argument(
-        "--precision",
-        choices=("auto", "fp32", "fp16", "bf16"),
-        help="network arithmetic (reduced precision needs a GPU)",
-    )
+    add_tiling_arguments(parser)
+    add_model_arguments(parser)
 
 
 def _load_exposures(args: argparse.Namespace):
@@ -94,29 +74,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
     from ..engines.pipeline import reconstruct
-    from ..engines.registry import load_model
-    from ..engines.runtime import keep_freed_memory
     from ..engines.tiling import TilePlan
     from ..imaging import ResultFormat, write_result
 
-    overrides = {
-        k: v
-        for k, v in (
-            ("device", args.device),
-            ("engine", args.engine),
-            ("precision", args.precision),
-        )
-        if v is not None
-    }
-    settings = settings.model_copy(update=overrides)
     suffix = args.output.suffix.lower().lstrip(".")
     if suffix not in {f.value for f in ResultFormat}:
         raise InvalidExposureSet(
             f"cannot tell the result format from {args.output.name!r}: use .exr, .hdr or .png"
         )
     exposures = _load_exposures(args)
-    keep_freed_memory()
-    served = load_model(settings, args.model, args.checkpoint)
+    served = open_model(args, settings)
     tile = None if args.no_tile else (args.tile_size or served.tile_size)
     overlap = served.tile_overlap if args.tile_overlap is None else args.tile_overlap
     plan = TilePlan.build(exposures.height, exposures.width, tile, overlap)

