@@ -24,7 +24,7 @@ serve: $(BIN)/.installed
 	$(BIN)/hdr-service serve
 
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check service tests benchmarks load_tests

@@ -3,9 +3,11 @@ interpolation, kustomize (through kubectl's built-in kustomize), env files."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
@@ -25,7 +27,16 @@ K8S = REPO / "k8s"
 OVERLAYS = ("cpu", "gpu")
 #: The Dockerfile's final targets and the hdr-service command each runs.
 TARGETS = {"api": "api", "worker": "worker", "worker-cpu": "worker"}
-KUBECTL = shutil.which("kubectl")
+
+
+def tool(name: str) -> str | None:
+    """An executable on PATH or beside this interpreter: the dev extra installs locust and
+    hadolint into the venv's bin, which `make test` does not put on PATH."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return shutil.which(name, path=path)
+
+
+KUBECTL = tool("kubectl")
 
 
 def setting_fields() -> dict[str, Any]:

