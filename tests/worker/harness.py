@@ -22,11 +22,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import anyio
 import uvicorn
 
 from service.api.app import create_app
 from service.config import Settings
-from service.queue import open_broker
+from service.queue import Broker, JobRecord, open_broker
 from service.worker.models import ModelSet
 from service.worker.runner import Worker, WorkerState
 from tests.factories import REPO
@@ -165,3 +166,21 @@ def worker_process(
                     time.sleep(1)
                     process.kill()
                     process.wait()
+
+
+async def until(
+    broker: Broker,
+    job_id: str,
+    done: Callable[[JobRecord], bool],
+    timeout: float = 30,
+    interval: float = 0.05,
+) -> JobRecord:
+    """Poll the job's record until ``done`` holds; fail with the record after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        record = await broker.get(job_id)
+        assert record is not None
+        if done(record):
+            return record
+        assert time.monotonic() < deadline, f"job stuck: {record}"
+        await anyio.sleep(interval)

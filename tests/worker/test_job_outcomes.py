@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -20,7 +19,7 @@ from service.worker.models import ModelSet
 from service.worker.runner import EXIT_OK, Worker
 from tests.factories import bracket_uploads
 from tests.worker.engines import CUDA_FAULT, FailingEngine, ReferenceEngine, served
-from tests.worker.harness import worker_thread
+from tests.worker.harness import until, worker_thread
 
 pytestmark = pytest.mark.anyio
 
@@ -42,19 +41,6 @@ async def submit(
         height=48,
     )
     return record.id
-
-
-async def until(
-    broker: Broker, job_id: str, done: Callable[[JobRecord], bool], timeout: float = 30
-) -> JobRecord:
-    deadline = time.monotonic() + timeout
-    while True:
-        record = await broker.get(job_id)
-        assert record is not None
-        if done(record):
-            return record
-        assert time.monotonic() < deadline, f"job stuck: {record}"
-        await anyio.sleep(0.05)
 
 
 def final(record: JobRecord) -> bool:

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +22,11 @@ import pytest
 
 from service.config import Settings
 from service.imaging import decode_exr
-from service.queue import Broker, JobRecord, JobState
+from service.queue import Broker, JobState
 from service.worker.runner import EXIT_ENGINE_FAULT, EXIT_OK
 from tests.factories import REPO, bracket_uploads, write_model_repo
 from tests.worker import engines
-from tests.worker.harness import worker_env, worker_process
+from tests.worker.harness import until, worker_env, worker_process
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -38,19 +37,6 @@ async def submit(broker: Broker, uploads: list[tuple[str, bytes]], **params: Any
         [data for _, data in uploads],
     )
     return record.id
-
-
-async def until(
-    broker: Broker, job_id: str, done: Callable[[JobRecord], bool], timeout: float = 90
-) -> JobRecord:
-    deadline = time.monotonic() + timeout
-    while True:
-        record = await broker.get(job_id)
-        assert record is not None
-        if done(record):
-            return record
-        assert time.monotonic() < deadline, f"job stuck: {record}"
-        await anyio.sleep(0.1)
 
 
 async def ready_workers(broker: Broker, ids: set[str], timeout: float = 90) -> dict[str, Any]:
@@ -83,13 +69,13 @@ async def test_job_of_a_worker_killed_mid_job_completes_on_another_exactly_once(
         procs = {"w-a": a, "w-b": b}
         beats = await ready_workers(broker, set(procs))
         job_id = await submit(broker, bracket_uploads(128, 192))  # 12 tiles of 64 px
-        running = await until(broker, job_id, lambda r: r.tiles_done >= 2)
+        running = await until(broker, job_id, lambda r: r.tiles_done >= 2, timeout=90, interval=0.1)
         victim = running.worker
         assert victim in procs
         procs[victim].send_signal(signal.SIGKILL)
         assert wait_exit(procs[victim]) == -signal.SIGKILL
 
-        record = await until(broker, job_id, lambda r: r.status.is_final)
+        record = await until(broker, job_id, lambda r: r.status.is_final, timeout=90, interval=0.1)
         survivor = next(w for w in procs if w != victim)
         metrics = httpx.get(f"http://127.0.0.1:{beats[survivor]['metrics_port']}/metrics").text
 
@@ -127,7 +113,7 @@ async def test_engine_fault_exits_non_zero_and_the_job_survives(
     assert "engine fault" in (tmp_path / "first.log").read_text()
 
     with worker_process(env, tmp_path / "restarted.log"):  # what a supervisor does
-        done = await until(broker, job_id, lambda r: r.status.is_final)
+        done = await until(broker, job_id, lambda r: r.status.is_final, timeout=90, interval=0.1)
     assert done.status is JobState.SUCCEEDED and done.attempts == 2
 
 
@@ -142,7 +128,7 @@ async def test_sigterm_hands_an_unfinished_job_back_and_exits_zero(
     with worker_process(env, tmp_path / "worker.log") as process:
         await ready_workers(broker, {"w-drain"})
         job_id = await submit(broker, bracket_uploads(128, 128), tile_size=32)  # 25 tiles
-        await until(broker, job_id, lambda r: r.tiles_done >= 1)
+        await until(broker, job_id, lambda r: r.tiles_done >= 1, timeout=90, interval=0.1)
         process.send_signal(signal.SIGTERM)
         assert wait_exit(process) == EXIT_OK
 
