@@ -31,8 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--precision",
         choices=("fp32", "fp16", "bf16"),
-        default="bf16",
-        help="TensorRT plan precision (default bf16)",
+        help="compute precision: of the TensorRT plan (default bf16) or of the ONNX graph"
+        " (default fp32; fp16/bf16 graphs are what reduced-precision plans are built from)",
     )
     parser.add_argument("--batch", type=int, help="largest tile batch of the plan")
     parser.add_argument("--output", type=Path, help="ONNX: write here instead of the cache")
@@ -58,16 +58,18 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             from ..engines.onnx_export import export_onnx
             from ..model import load_afunet
 
-            path = export_onnx(load_afunet(spec.weights), args.output, tile_h, tile_w)
+            path = export_onnx(
+                load_afunet(spec.weights), args.output, tile_h, tile_w, args.precision or "fp32"
+            )
         else:
             from ..engines.onnxruntime_engine import ensure_onnx
 
-            path = ensure_onnx(cache, spec.weights, tile_h, tile_w)
+            path = ensure_onnx(cache, spec.weights, tile_h, tile_w, args.precision or "fp32")
     else:
         from ..engines.tensorrt_engine import TensorRTEngine
 
         batch = args.batch or spec.tiling.batch or settings.tile_batch
-        engine = TensorRTEngine(spec.weights, cache, args.precision, max_batch=batch)
+        engine = TensorRTEngine(spec.weights, cache, args.precision or "bf16", max_batch=batch)
         path = engine.prepare(tile_h, tile_w)
     print(f"{args.format}: {path}")
     return 0

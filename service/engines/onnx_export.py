@@ -11,11 +11,20 @@ The graph is captured with ``torch.export`` (the ``dynamo`` exporter), which tra
 fake tensors: memory stays flat in the tile size (719 MB at 512x512 here), where the
 TorchScript tracer keeps every activation of a real forward alive (about 45 KB per pixel,
 so a 512x512 export needs about 12 GB and a whole 1000x1500 frame about 70 GB).
+
+Reduced-precision graphs (fp16, bf16) carry their precision in their own types, for
+TensorRT's strongly typed networks (TensorRT 11 removed the builder's FP16/BF16 flags, and
+10.x deprecated them): the model is traced under autocast, so convolutions, linear layers
+and attention matmuls are fp16/bf16 while the residual stream, every LayerNorm and the
+channel attention's frame-wide norms and softmax stay fp32, as in the torch backend on a
+GPU. Inputs and outputs stay fp32. They use opset 22, the first whose ``Conv`` takes
+bfloat16.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 import warnings
@@ -31,7 +40,10 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 64
 INPUT_NAME = "exposures"
 OUTPUT_NAME = "hdr"
-DEFAULT_OPSET = 18
+#: The opset of each precision's graph: 18 gives LayerNormalization one node (any opset
+#: >= 17 does); bfloat16 convolutions need 22.
+OPSETS = {"fp32": 18, "fp16": 22, "bf16": 22}
+_LOW_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @contextlib.contextmanager
@@ -54,16 +66,49 @@ def _quiet_exporter() -> Iterator[None]:
             lg.setLevel(level)
 
 
+class MixedPrecisionAFUNet(torch.nn.Module):
+    """AFUNet with autocast's casts written into the graph, for a strongly typed export.
+
+    Traced under CPU autocast, which casts the inputs of convolutions, linear layers and
+    matmuls to the low type; elementwise ops then promote to the wider type, so the
+    residual stream stays fp32, and the channel attention computes its norms in fp32 by
+    itself. CPU autocast leaves LayerNorm in its input's type where CUDA autocast runs it
+    in fp32 (fp16 LayerNorm overflows), so each LayerNorm here gets fp32 input.
+    """
+
+    def __init__(self, model: AFUNet, precision: str) -> None:
+        super().__init__()
+        self.net = copy.deepcopy(model).float().eval()
+        self.dtype = _LOW_DTYPES[precision]
+        self.config = model.config
+        self.layouts = self.net.layouts
+        for module in self.net.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.register_forward_pre_hook(_fp32_inputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=self.dtype):
+            return self.net(x).float()
+
+
+def _fp32_inputs(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> tuple:
+    return tuple(a.float() for a in args)
+
+
 def _padded(size: int, window: int) -> int:
     return size + (-size) % window
 
 
 def export_onnx(
-    model: AFUNet, path: str | Path, tile_h: int, tile_w: int, opset: int = DEFAULT_OPSET
+    model: AFUNet, path: str | Path, tile_h: int, tile_w: int, precision: str = "fp32"
 ) -> Path:
-    """Write ``model`` as ONNX for ``(batch, 18, tile_h, tile_w)`` inputs; returns the path."""
+    """Write ``model`` as ONNX for ``(batch, 18, tile_h, tile_w)`` fp32 inputs computed in
+    ``precision`` (fp32, fp16 or bf16); returns the path."""
     import onnx
 
+    if precision not in OPSETS:
+        raise ValueError(f"unknown ONNX precision {precision!r}; use one of {sorted(OPSETS)}")
+    opset = OPSETS[precision]
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.float().eval().cpu()
@@ -78,7 +123,7 @@ def export_onnx(
     with warnings.catch_warnings(), _quiet_exporter():
         warnings.simplefilter("ignore")  # exporter chatter about deprecations
         program = torch.onnx.export(
-            model,
+            model if precision == "fp32" else MixedPrecisionAFUNet(model, precision),
             (dummy,),
             dynamo=True,
             opset_version=opset,
@@ -88,7 +133,9 @@ def export_onnx(
             verbose=False,
         )
         program.save(str(tmp))
-    onnx.checker.check_model(str(tmp))
+    onnx.checker.check_model(str(tmp), full_check=True)  # with strict type inference
     tmp.replace(path)
-    log.info("exported ONNX %s for %dx%d tiles (opset %d)", path, tile_w, tile_h, opset)
+    log.info(
+        "exported %s ONNX %s for %dx%d tiles (opset %d)", precision, path, tile_w, tile_h, opset
+    )
     return path

@@ -16,26 +16,34 @@ import numpy as np
 from ..errors import EngineUnavailable
 from ..model.preprocess import TileBatch
 from .cache import safe_name, weights_digest
-from .onnx_export import DEFAULT_OPSET, INPUT_NAME, OUTPUT_NAME, export_onnx
+from .onnx_export import INPUT_NAME, OPSETS, OUTPUT_NAME, export_onnx
 
 log = logging.getLogger(__name__)
 
 
-def onnx_path(cache: Path, weights: Path, tile_h: int, tile_w: int) -> Path:
-    """The cached ONNX file for these weights and tile shape."""
+def onnx_path(
+    cache: Path, weights: Path, tile_h: int, tile_w: int, precision: str = "fp32"
+) -> Path:
+    """The cached ONNX file for these weights, tile shape and precision."""
     name = safe_name(
-        "afunet", weights_digest(weights), f"{tile_h}x{tile_w}", f"opset{DEFAULT_OPSET}"
+        "afunet",
+        weights_digest(weights),
+        f"{tile_h}x{tile_w}",
+        precision,
+        f"opset{OPSETS[precision]}",
     )
     return cache / f"{name}.onnx"
 
 
-def ensure_onnx(cache: Path, weights: Path, tile_h: int, tile_w: int) -> Path:
-    """Export the ONNX file for this shape unless a matching one is cached."""
-    path = onnx_path(cache, weights, tile_h, tile_w)
+def ensure_onnx(
+    cache: Path, weights: Path, tile_h: int, tile_w: int, precision: str = "fp32"
+) -> Path:
+    """Export the ONNX file for this shape and precision unless a matching one is cached."""
+    path = onnx_path(cache, weights, tile_h, tile_w, precision)
     if not path.is_file():
         from ..model import load_afunet
 
-        export_onnx(load_afunet(weights), path, tile_h, tile_w)
+        export_onnx(load_afunet(weights), path, tile_h, tile_w, precision)
     return path
 
 

@@ -35,6 +35,35 @@ def _weights(spec: ModelSpec) -> Path:
     return spec.weights
 
 
+def _fp16_gated(
+    spec: ModelSpec, settings: Settings, build: Callable[[str], Engine], precision: str
+) -> Engine:
+    """``build(precision)``, except that fp16 serves only where it passes the parity check
+    against the fp32 torch model; below it, ``build("bf16")`` serves and says why."""
+    engine = build(precision)
+    if engine.precision != "fp16":
+        return engine
+    from .parity import FP16_MIN_PSNR_MU_DB, parity_db, probe_inputs
+    from .torch_engine import TorchEngine
+
+    reference = TorchEngine.from_checkpoint(_weights(spec), settings.device, "fp32")
+    score = parity_db(engine, reference, probe_inputs())
+    engine.parity_db = score  # type: ignore[attr-defined]
+    if score >= FP16_MIN_PSNR_MU_DB:
+        log.info("fp16 parity %.1f dB PSNR-mu against fp32: serving fp16", score)
+        return engine
+    log.warning(
+        "fp16 parity %.1f dB PSNR-mu is below %.0f dB: serving bf16 instead",
+        score,
+        FP16_MIN_PSNR_MU_DB,
+    )
+    fallback = build("bf16")
+    fallback.fallback_reason = (  # type: ignore[attr-defined]
+        f"fp16 parity {score:.1f} dB < {FP16_MIN_PSNR_MU_DB:.0f} dB"
+    )
+    return fallback
+
+
 def _torch_afunet(spec: ModelSpec, settings: Settings) -> Engine:
     from .torch_engine import TorchEngine
 
@@ -47,25 +76,7 @@ def _torch_afunet(spec: ModelSpec, settings: Settings) -> Engine:
             cuda_graphs=settings.cuda_graphs,
         )
 
-    engine = build(_precision(spec, settings))
-    if engine.precision != "fp16":
-        return engine
-    from .parity import FP16_MIN_PSNR_MU_DB, parity_db, probe_inputs
-
-    reference = TorchEngine.from_checkpoint(_weights(spec), settings.device, "fp32")
-    score = parity_db(engine, reference, probe_inputs())
-    engine.parity_db = score
-    if score >= FP16_MIN_PSNR_MU_DB:
-        log.info("fp16 parity %.1f dB PSNR-mu against fp32: serving fp16", score)
-        return engine
-    log.warning(
-        "fp16 parity %.1f dB PSNR-mu is below %.0f dB: serving bf16 instead",
-        score,
-        FP16_MIN_PSNR_MU_DB,
-    )
-    fallback = build("bf16")
-    fallback.fallback_reason = f"fp16 parity {score:.1f} dB < {FP16_MIN_PSNR_MU_DB:.0f} dB"
-    return fallback
+    return _fp16_gated(spec, settings, build, _precision(spec, settings))
 
 
 def _onnxruntime_afunet(spec: ModelSpec, settings: Settings) -> Engine:
@@ -82,12 +93,16 @@ def _tensorrt_afunet(spec: ModelSpec, settings: Settings) -> Engine:
     if settings.device == "cpu":
         raise EngineUnavailable("TensorRT needs a GPU and HDR_DEVICE is cpu")
     precision = _precision(spec, settings)
-    return TensorRTEngine(
-        _weights(spec),
-        engine_dir(spec, settings),
-        precision="bf16" if precision == "auto" else precision,
-        max_batch=max(spec.tiling.batch or settings.tile_batch, 1),
-    )
+
+    def build(precision: str) -> TensorRTEngine:
+        return TensorRTEngine(
+            _weights(spec),
+            engine_dir(spec, settings),
+            precision=precision,
+            max_batch=max(spec.tiling.batch or settings.tile_batch, 1),
+        )
+
+    return _fp16_gated(spec, settings, build, "bf16" if precision == "auto" else precision)
 
 
 def _numpy_classical(spec: ModelSpec, settings: Settings) -> Engine:

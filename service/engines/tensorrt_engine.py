@@ -1,13 +1,16 @@
-"""The TensorRT backend (10.x/11.x Python API): plan building, caching and execution.
+"""The TensorRT backend (10.x and 11.x Python API): plan building, caching and execution.
 
-Plans are built from the cached ONNX export with an optimisation profile over the batch
-axis, a workspace limit and a persistent timing cache, in fp32, fp16 or bf16 with the
-numerically fragile layers pinned to fp32: every normalisation layer (LayerNorm) and the
-channel attention's frame-wide L2 norms, their matmul and softmax. A plan is specific to
-the GPU model, compute capability, TensorRT version, precision, tile shape and weights,
-and all of these are in its file name and in a JSON sidecar; a plan whose sidecar does not
-match the running GPU is refused with a message that says what differs, instead of
-TensorRT's generic deserialisation failure.
+Plans are built from the cached ONNX export of the plan's precision as strongly typed
+networks: the graph's own types decide each layer's precision (TensorRT 11 removed the
+FP16/BF16 builder flags and per-layer precision hints; 10.x deprecated them). An fp16 or
+bf16 graph keeps LayerNorm, the residual stream and the channel attention's frame-wide
+norms and softmax in fp32 (see ``onnx_export``); an fp32 plan has TF32 turned off, so fp32
+means fp32. Builds use an optimisation profile over the batch axis, a workspace limit and
+a persistent timing cache. A plan is specific to the GPU model, compute capability,
+TensorRT version, precision, tile shape and weights, and all of these are in its file
+name and in a JSON sidecar; a plan whose sidecar does not match the running GPU is
+refused with a message that says what differs, instead of TensorRT's generic
+deserialisation failure.
 
 Execution uses ``execute_async_v3`` with tensor addresses bound on a CUDA stream; device
 buffers are torch tensors (torch is a dependency of every worker anyway).
@@ -34,10 +37,6 @@ log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 DEFAULT_WORKSPACE_BYTES = 4 << 30
-#: Layers whose names match one of these stay fp32 in reduced-precision plans: the
-#: channel attention of the fusion modules (frame-wide sums of squares and their softmax).
-FP32_NAME_PATTERNS = ("/f_12.", "/f_32.")
-FP32_OPS_IN_PATTERN = ("ReduceL2", "Norm", "Div", "Clip", "Max", "MatMul", "Softmax", "Mul")
 
 
 def _import_trt() -> Any:
@@ -108,26 +107,6 @@ def current_key(
     )
 
 
-def _pin_fragile_layers(trt: Any, network: Any) -> int:
-    """Keep normalisation layers and the channel attention's reductions in fp32."""
-    pinned = 0
-    for i in range(network.num_layers):
-        layer = network.get_layer(i)
-        if layer.type == trt.LayerType.NORMALIZATION:
-            layer.compute_precision = trt.float32
-        elif not (
-            any(p in layer.name for p in FP32_NAME_PATTERNS)
-            and any(op in layer.name for op in FP32_OPS_IN_PATTERN)
-        ):
-            continue
-        layer.precision = trt.float32
-        for j in range(layer.num_outputs):
-            if layer.get_output(j).dtype in (trt.float32, trt.float16, trt.bfloat16):
-                layer.set_output_type(j, trt.float32)
-        pinned += 1
-    return pinned
-
-
 def build_plan(
     trt: Any,
     onnx_file: Path,
@@ -139,20 +118,16 @@ def build_plan(
     """Build a serialised plan for ``key`` from ``onnx_file``."""
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    # Explicit batch is the only mode since 10.0; strong typing is opt-in on 10.x and
+    # always on (the flag accepted and ignored) on 11.x.
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse(onnx_file.read_bytes()):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise EngineUnavailable(f"TensorRT cannot parse {onnx_file.name}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
-    if key.precision == "fp16":
-        config.set_flag(trt.BuilderFlag.FP16)
-    elif key.precision == "bf16":
-        config.set_flag(trt.BuilderFlag.BF16)
-    if key.precision != "fp32":
-        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-        log.info("pinned %d fragile layers to fp32", _pin_fragile_layers(trt, network))
+    config.clear_flag(trt.BuilderFlag.TF32)  # fp32 layers stay fp32 (1e-3 off otherwise)
     profile = builder.create_optimization_profile()
     shape = (18, key.tile_h, key.tile_w)
     profile.set_shape(
@@ -192,6 +167,10 @@ class TensorRTEngine:
             raise EngineUnavailable(f"unknown TensorRT precision {precision!r}")
         self.precision = precision
         self.device = f"cuda:{device_index}"
+        self.parity_db: float | None = None
+        """PSNR-mu against fp32 where a parity check ran (fp16)."""
+        self.fallback_reason: str | None = None
+        """Why this engine runs another precision than was asked for."""
         self._torch = torch
         self._weights = weights
         self._cache = cache
@@ -251,7 +230,7 @@ class TensorRTEngine:
             if not path.is_file():
                 if not self._build:
                     raise EngineUnavailable(f"no TensorRT plan {path} and building is disabled")
-                onnx_file = ensure_onnx(self._cache, self._weights, tile_h, tile_w)
+                onnx_file = ensure_onnx(self._cache, self._weights, tile_h, tile_w, self.precision)
                 log.info("building TensorRT %s plan for %dx%d tiles", key.precision, tile_w, tile_h)
                 plan = build_plan(
                     self._trt,

@@ -100,6 +100,69 @@ def test_onnxruntime_engine_reuses_cached_exports(onnx_cache) -> None:
     assert len(list(onnx_cache.glob("*.onnx"))) == 1
 
 
+@pytest.fixture(scope="module")
+def reduced_exports(tmp_path_factory) -> dict[str, Path]:
+    """The golden model's fp16 and bf16 48x64 graphs (the input of TensorRT's
+    reduced-precision plans), exported once per session."""
+    cache = tmp_path_factory.mktemp("reduced")
+    return {p: ensure_onnx(cache, GOLDEN_CHECKPOINT, 48, 64, p) for p in ("fp16", "bf16")}
+
+
+def _input_types(graph: onnx.ModelProto) -> dict[str, list[str]]:
+    """op type -> the element type of each node's first input, by strict type inference."""
+    inferred = onnx.shape_inference.infer_shapes(graph, check_type=True, strict_mode=True)
+    g = inferred.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*g.value_info, *g.input]}
+    types.update({t.name: t.data_type for t in g.initializer})
+    out: dict[str, list[str]] = {}
+    for node in g.node:
+        name = onnx.TensorProto.DataType.Name(types.get(node.input[0], 0))
+        out.setdefault(node.op_type, []).append(name)
+    return out
+
+
+@pytest.mark.parametrize(("precision", "low"), [("fp16", "FLOAT16"), ("bf16", "BFLOAT16")])
+def test_reduced_precision_graphs_keep_fragile_ops_in_fp32(reduced_exports, precision, low):
+    graph = onnx.load(str(reduced_exports[precision]))
+    onnx.checker.check_model(graph, full_check=True)
+    assert {o.domain: o.version for o in graph.opset_import}[""] == 22
+    for io in (*graph.graph.input, *graph.graph.output):
+        assert io.type.tensor_type.elem_type == onnx.TensorProto.FLOAT, io.name
+    ops = _input_types(graph)
+    # Strongly typed TensorRT runs each layer in its graph type: these must say fp32.
+    assert set(ops["LayerNormalization"]) == {"FLOAT"} and len(ops["LayerNormalization"]) > 40
+    assert set(ops["ReduceL2"]) == {"FLOAT"}  # the channel attention's frame-wide norms
+    # ... and the heavy layers the reduced type.
+    assert set(ops["Conv"]) == {low}
+    assert ops["MatMul"].count(low) >= 0.8 * len(ops["MatMul"])
+
+
+def test_reduced_precision_graphs_stay_within_the_parity_gate(reduced_exports, model) -> None:
+    """Run the graphs themselves: fp16 in ONNX Runtime (with a dynamic batch), bf16 in
+    ONNX's reference evaluator (ONNX Runtime's CPU provider has no bfloat16 Conv)."""
+    import onnxruntime as ort
+    from onnx.reference import ReferenceEvaluator
+
+    from service.engines.parity import FP16_MIN_PSNR_MU_DB, probe_inputs, psnr_mu
+
+    scenes = probe_inputs(48, 64, seeds=(1, 2))
+    x = np.concatenate([s.model_input() for s in scenes])
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(x)).numpy()
+    fp16 = ort.InferenceSession(str(reduced_exports["fp16"]), providers=["CPUExecutionProvider"])
+    bf16 = ReferenceEvaluator(str(reduced_exports["bf16"]))
+    outputs = {
+        "fp16": fp16.run([OUTPUT_NAME], {INPUT_NAME: x})[0],
+        "bf16": np.concatenate([bf16.run(None, {INPUT_NAME: t[None]})[0] for t in x]),
+    }
+    for precision, got in outputs.items():
+        assert got.dtype == np.float32 and got.shape == expected.shape
+        assert np.abs(got - expected).max() > 1e-6, f"{precision} graph computed in fp32"
+        for i in range(len(x)):
+            score = psnr_mu(got[i], expected[i])
+            assert score >= FP16_MIN_PSNR_MU_DB, f"{precision} scene {i}: {score:.1f} dB"
+
+
 def test_backend_falls_back_in_config_order_with_reason(repo, caplog) -> None:
     settings = Settings(model_repo=repo, device="cpu")
     with caplog.at_level(logging.WARNING, logger="service.engines.registry"):
