@@ -29,6 +29,7 @@ test: $(BIN)/.installed
 lint: $(BIN)/.installed
 	$(BIN)/ruff check service tests benchmarks load_tests
 	$(BIN)/ruff format --check service tests benchmarks load_tests
+	$(BIN)/mypy service
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,3 +1,5 @@
+# It walks the model's nn.ModuleLists, whose items type-check as plain modules:
+# mypy: disable-error-code="arg-type"
 """An eager AFUNet forward that moves data the way the official code does (the baseline).
 
 It reads the parameters of our ``AFUNet`` module but runs them as the official

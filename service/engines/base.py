@@ -19,10 +19,13 @@ class Engine(Protocol):
 
     backend: str
     """Which backend runs: ``torch``, ``onnxruntime``, ``tensorrt``."""
-    device: str
-    """Where it runs, e.g. ``cpu`` or ``cuda:0``."""
     precision: str
     """Arithmetic of the network body: ``fp32``, ``fp16`` or ``bf16``."""
+
+    @property
+    def device(self) -> str:
+        """Where it runs, e.g. ``cpu`` or ``cuda:0`` (read-only: fixed when it opens)."""
+        ...
 
     def warmup(self, tile_h: int, tile_w: int, batch: int) -> None:
         """Run once at the serving shape so the first job pays no compilation or caching."""

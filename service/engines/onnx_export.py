@@ -132,6 +132,8 @@ def export_onnx(
             dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},),
             verbose=False,
         )
+        if program is None:  # only when exporting to a file object, which we never do
+            raise RuntimeError("torch.onnx.export returned no program")
         program.save(str(tmp))
     onnx.checker.check_model(str(tmp), full_check=True)  # with strict type inference
     tmp.replace(path)

@@ -10,6 +10,8 @@ checkpoint loads without renaming.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -35,8 +37,13 @@ def image_to_tokens(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 2, 3, 1).reshape(b, h * w, c)
 
 
-def reflect_conv(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-    """Apply a 3x3 conv with reflect padding of 1, as the official ``padding_mode='reflect'``."""
+def reflect_conv(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Apply a 3x3 conv with reflect padding of 1, as the official ``padding_mode='reflect'``.
+
+    Takes any module because the convs sit in ``nn.Sequential`` holders (the official
+    parameter names), whose items type-check as plain modules.
+    """
+    conv = cast(nn.Conv2d, module)
     return F.conv2d(
         F.pad(x, (1, 1, 1, 1), mode="reflect"), conv.weight, conv.bias, groups=conv.groups
     )
@@ -110,6 +117,10 @@ class WindowAttentionCore(nn.Module):
     additive masks ``bias + shift_mask[group]`` of shape ``(4, heads, N, N)``. Subclasses
     project queries, keys and values; this class runs the grouped fused attention.
     """
+
+    _rel_index: torch.Tensor
+    _shift_masks: torch.Tensor
+    group_masks: torch.Tensor
 
     def __init__(self, dim: int, window: int, num_heads: int, shift: int) -> None:
         super().__init__()
