@@ -127,7 +127,8 @@ def build_plan(
         raise EngineUnavailable(f"TensorRT cannot parse {onnx_file.name}: {errors}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
-    config.clear_flag(trt.BuilderFlag.TF32)  # fp32 layers stay fp32 (1e-3 off otherwise)
+    if hasattr(trt.BuilderFlag, "TF32"):  # fp32 layers stay fp32 (1e-3 off otherwise)
+        config.clear_flag(trt.BuilderFlag.TF32)
     profile = builder.create_optimization_profile()
     shape = (18, key.tile_h, key.tile_w)
     profile.set_shape(
