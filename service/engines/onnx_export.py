@@ -48,12 +48,20 @@ _LOW_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 @contextlib.contextmanager
 def _quiet_exporter() -> Iterator[None]:
-    """The dynamo exporter prints progress lines and logs guard traces; keep them out.
+    """The dynamo exporter prints progress lines and logs guard traces, and onnxscript's
+    optimiser logs each of its ~1,700 rewrites at INFO; keep them out.
 
     (``torch._guards`` logs a shape-env guard it cannot build for the symbolic batch at
     ERROR level; the export is complete and checked regardless.)
     """
-    names = ("torch.onnx", "torch._dynamo", "torch.export", "torch._guards")
+    names = (
+        "torch.onnx",
+        "torch._dynamo",
+        "torch.export",
+        "torch._guards",
+        "onnx_ir",
+        "onnxscript",
+    )
     loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
