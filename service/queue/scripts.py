@@ -36,6 +36,18 @@ local function settle(stream, group, entry)
   redis.call('XDEL', stream, entry)
 end
 
+-- A delivery of a job that expired or already ended must change nothing: acknowledge its
+-- stream entry (an expired job also leaves the queued index) and return 'expired' or the
+-- final status. Returns nil while the job is live.
+local function ended(job, queued, stream, group, entry, job_id)
+  local status = redis.call('HGET', job, 'status')
+  if status and not FINAL[status] then return nil end
+  settle(stream, group, entry)
+  if status then return status end
+  redis.call('ZREM', queued, job_id)
+  return 'expired'
+end
+
 -- Append to the dead-letter stream, trimming entries older than the job TTL.
 local function dead_letter(dead, min_id, job_id, entry, reason, attempts, consumer, now)
   redis.call('XADD', dead, 'MINID', '~', min_id, '*', 'job', job_id, 'entry', entry,
@@ -132,12 +144,7 @@ return {'deliver', attempts}
 #: -> the record's HGETALL, or {} when the job must not run (final or expired; acked)
 START: Final = _lua("""
 local group, entry, job_id = ARGV[1], ARGV[2], ARGV[3]
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status or FINAL[status] then
-  settle(KEYS[3], group, entry)
-  if not status then redis.call('ZREM', KEYS[2], job_id) end
-  return {}
-end
+if ended(KEYS[1], KEYS[2], KEYS[3], group, entry, job_id) then return {} end
 redis.call('HSET', KEYS[1], 'status', RUNNING, 'started_at', ARGV[6], 'worker', ARGV[4],
   'engine', ARGV[5], 'tiles_done', 0)
 redis.call('ZREM', KEYS[2], job_id)
@@ -164,15 +171,8 @@ return 1
 #: -> 'stored' when this call stored the result, else the current status or 'expired'
 COMPLETE: Final = _lua("""
 local group, entry, job_id, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[6])
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status or FINAL[status] then
-  settle(KEYS[4], group, entry)
-  if not status then
-    redis.call('ZREM', KEYS[3], job_id)
-    return 'expired'
-  end
-  return status
-end
+local over = ended(KEYS[1], KEYS[3], KEYS[4], group, entry, job_id)
+if over then return over end
 redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[5])
 redis.call('HSET', KEYS[1], 'status', SUCCEEDED, 'finished_at', ARGV[6],
   'timings', ARGV[7], 'width', ARGV[8], 'height', ARGV[9])
@@ -200,15 +200,8 @@ return 'stored'
 FAIL: Final = _lua("""
 local group, entry, job_id, reason = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local retry, max_attempts, now = ARGV[5] == '1', tonumber(ARGV[6]), ARGV[7]
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status or FINAL[status] then
-  settle(KEYS[3], group, entry)
-  if not status then
-    redis.call('ZREM', KEYS[2], job_id)
-    return 'expired'
-  end
-  return status
-end
+local over = ended(KEYS[1], KEYS[2], KEYS[3], group, entry, job_id)
+if over then return over end
 local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
 if retry and attempts < max_attempts then
   redis.call('HSET', KEYS[1], 'status', QUEUED, '$last_error', reason,
@@ -265,15 +258,8 @@ return redis.call('HGETALL', KEYS[1])
 #: -> 'queued' (handed back), the current final status, or 'expired'
 RELEASE: Final = _lua("""
 local group, entry, job_id = ARGV[1], ARGV[2], ARGV[3]
-local status = redis.call('HGET', KEYS[1], 'status')
-if not status or FINAL[status] then
-  settle(KEYS[3], group, entry)
-  if not status then
-    redis.call('ZREM', KEYS[2], job_id)
-    return 'expired'
-  end
-  return status
-end
+local over = ended(KEYS[1], KEYS[2], KEYS[3], group, entry, job_id)
+if over then return over end
 -- The attempt did not fail: give back the delivery it was counted for.
 local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
 redis.call('HSET', KEYS[1], 'status', QUEUED, 'attempts', math.max(0, attempts - 1),
