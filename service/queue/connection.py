@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
-from typing import Final
+from typing import Any, Final
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from redis.asyncio import Redis
@@ -111,28 +111,22 @@ def connect(target: str | RedisSettings, *, client_name: str | None = None) -> R
     """
     settings = RedisSettings.from_dsn(target) if isinstance(target, str) else target
     logger.debug("connecting to Redis at %s", settings.safe_dsn)
+    common: dict[str, Any] = {
+        "db": settings.db,
+        "username": settings.username,
+        "password": settings.password,
+        "socket_timeout": settings.socket_timeout,
+        "socket_connect_timeout": settings.socket_connect_timeout,
+        "decode_responses": False,
+        "client_name": client_name,
+    }
     if settings.unix_socket_path:
-        return Redis(
-            unix_socket_path=settings.unix_socket_path,
-            db=settings.db,
-            username=settings.username,
-            password=settings.password,
-            socket_timeout=settings.socket_timeout,
-            socket_connect_timeout=settings.socket_connect_timeout,
-            decode_responses=False,
-            client_name=client_name,
-        )
+        return Redis(unix_socket_path=settings.unix_socket_path, **common)
     return Redis(
         host=settings.host,
         port=settings.port,
-        db=settings.db,
-        username=settings.username,
-        password=settings.password,
         ssl=settings.ssl,
-        socket_timeout=settings.socket_timeout,
-        socket_connect_timeout=settings.socket_connect_timeout,
         socket_keepalive=True,
         health_check_interval=30,
-        decode_responses=False,
-        client_name=client_name,
+        **common,
     )
