@@ -10,6 +10,7 @@ checkpoint loads without renaming.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import cast
 
 import torch
@@ -149,6 +150,17 @@ class WindowAttentionCore(nn.Module):
         bias = table[self._rel_index.reshape(-1)].view(n, n, self.num_heads).permute(2, 0, 1)
         self.group_masks = (bias[None] + self._shift_masks[:, None].to(bias.dtype)).contiguous()
 
+    def _group_masks(
+        self, groups: tuple[int, ...], dtype: torch.dtype
+    ) -> Iterator[tuple[slice, torch.Tensor]]:
+        """Each non-empty window group's slice of the layout and its additive mask."""
+        start = 0
+        for g, count in enumerate(groups):
+            if count:
+                mask = self.group_masks[g if self.shift else 0]
+                yield slice(start, start + count), mask.to(dtype)
+            start += count
+
     def attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, groups: tuple[int, ...]
     ) -> torch.Tensor:
@@ -166,21 +178,15 @@ class WindowAttentionCore(nn.Module):
             # change no q.k product and add output columns that are sliced off again.
             q, k, v = (F.pad(t, (0, pad)) for t in (q, k, v))
         outs = []
-        start = 0
-        for g, count in enumerate(groups):
-            if not count:
-                continue
-            sl = slice(start, start + count)
-            mask = self.group_masks[g if self.shift else 0].to(q.dtype)
+        for sl, mask in self._group_masks(groups, q.dtype):
             out = F.scaled_dot_product_attention(
                 q[sl],
                 k[sl],
                 v[sl],
-                attn_mask=mask.expand(count, -1, -1, -1),
+                attn_mask=mask.expand(sl.stop - sl.start, -1, -1, -1),
                 scale=head_dim**-0.5,
             )
             outs.append(out[..., :head_dim].transpose(1, 2))
-            start += count
         out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
         w, n = out.shape[0], out.shape[1]
         return out.reshape(w, n, self.dim)
@@ -206,15 +212,9 @@ class WindowAttentionCore(nn.Module):
         Returns ``(B, windows*N, C)``."""
         scale = (self.dim // self.num_heads) ** -0.5
         outs = []
-        start = 0
-        for g, count in enumerate(groups):
-            if not count:
-                continue
-            sl = slice(start, start + count)
-            mask = self.group_masks[g if self.shift else 0].to(q.dtype)
+        for sl, mask in self._group_masks(groups, q.dtype):
             attn = (q[:, sl] * scale) @ k[:, sl].transpose(-2, -1) + mask
             outs.append((attn.softmax(dim=-1) @ v[:, sl]).transpose(2, 3))
-            start += count
         out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
         return out.reshape(out.shape[0], -1, self.dim)
 
