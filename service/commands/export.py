@@ -53,23 +53,22 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     size = args.tile_size or spec.tiling.tile_size or settings.tile_size
     tile_h, tile_w = args.tile if args.tile else (size, size)
     cache = engine_dir(spec, settings)
+    precision = args.precision or ("fp32" if args.format == "onnx" else "bf16")
     if args.format == "onnx":
         if args.output:
             from ..engines.onnx_export import export_onnx
             from ..model import load_afunet
 
-            path = export_onnx(
-                load_afunet(spec.weights), args.output, tile_h, tile_w, args.precision or "fp32"
-            )
+            path = export_onnx(load_afunet(spec.weights), args.output, tile_h, tile_w, precision)
         else:
             from ..engines.onnxruntime_engine import ensure_onnx
 
-            path = ensure_onnx(cache, spec.weights, tile_h, tile_w, args.precision or "fp32")
+            path = ensure_onnx(cache, spec.weights, tile_h, tile_w, precision)
     else:
         from ..engines.tensorrt_engine import TensorRTEngine
 
         batch = args.batch or spec.tiling.batch or settings.tile_batch
-        engine = TensorRTEngine(spec.weights, cache, args.precision or "bf16", max_batch=batch)
+        engine = TensorRTEngine(spec.weights, cache, precision, max_batch=batch)
         path = engine.prepare(tile_h, tile_w)
     print(f"{args.format}: {path}")
     return 0

@@ -86,10 +86,8 @@ class MixedPrecisionAFUNet(torch.nn.Module):
 
     def __init__(self, model: AFUNet, precision: str) -> None:
         super().__init__()
-        self.net = copy.deepcopy(model).float().eval()
+        self.net = copy.deepcopy(model)  # the hooks below must not touch the caller's model
         self.dtype = _LOW_DTYPES[precision]
-        self.config = model.config
-        self.layouts = self.net.layouts
         for module in self.net.modules():
             if isinstance(module, torch.nn.LayerNorm):
                 module.register_forward_pre_hook(_fp32_inputs)
