@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -26,40 +20,9 @@ from tests.factories import (
     tiff_file,
     write_model_repo,
 )
-from tests.worker.harness import free_port, wait_for
+from tests.worker.harness import serving, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-@contextlib.contextmanager
-def serving(repo: Path, log: Path, **env: str) -> Iterator[tuple[httpx.Client, subprocess.Popen]]:
-    """``hdr-service serve`` on a free port with no HDR_* but ``env``; stopped with SIGTERM
-    (which must exit 0) when the block ends."""
-    port = free_port()
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("HDR_")}
-    environ |= {
-        "HDR_MODEL_REPO": str(repo),
-        "HDR_WORKER_METRICS_PORT": "0",
-        "PYTHONUNBUFFERED": "1",
-        **env,
-    }
-    with log.open("wb") as out:
-        serve = subprocess.Popen(
-            [sys.executable, "-m", "service", "serve", "--port", str(port)],
-            cwd=REPO,
-            env=environ,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            yield client, serve
-        serve.send_signal(signal.SIGTERM)
-        assert serve.wait(60) == 0, log.read_text()
-    finally:
-        if serve.poll() is None:
-            serve.kill()
-            serve.wait()
 
 
 def _models(client: httpx.Client) -> dict | None:

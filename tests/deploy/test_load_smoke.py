@@ -9,13 +9,8 @@ uploads that must be refused with the contract's 4xx. Any failure fails the test
 from __future__ import annotations
 
 import csv
-import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,17 +20,12 @@ import redis
 
 from service.queue import Keys
 from tests.deploy.deployfiles import REPO, tool
+from tests.worker.harness import serving, wait_for
 
 pytestmark = pytest.mark.slow
 
 LOCUST_CONFIG = REPO / "load_tests" / "ci.conf"
 RUN_SECONDS = 20
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _purge(url: str, prefix: str) -> None:
@@ -54,49 +44,30 @@ def served(tmp_path: Path, redis_url: str, key_prefix: str) -> Iterator[str]:
     repo = tmp_path / "model_repo"
     (repo / "classical").mkdir(parents=True)
     shutil.copy(REPO / "model_repo" / "classical" / "config.yaml", repo / "classical")
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HDR_")}
-    env |= {
+    env = {
         "HDR_REDIS_URL": redis_url,
         "HDR_KEY_PREFIX": key_prefix,
-        "HDR_MODEL_REPO": str(repo),
         "HDR_DEFAULT_MODEL": "classical",
         "HDR_DEVICE": "cpu",
-        "HDR_WORKER_METRICS_PORT": "0",
         "HDR_HEARTBEAT_INTERVAL_SECONDS": "0.5",
         "HDR_DRAIN_SECONDS": "5",
-        "PYTHONUNBUFFERED": "1",
     }
     log = tmp_path / "serve.log"
     _purge(redis_url, key_prefix)
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service", "serve", "--port", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                ready = httpx.get(f"{url}/readyz", timeout=2).json()
-                if ready.get("checks", {}).get("workers_ready"):
-                    break
-            except (httpx.HTTPError, ValueError):
-                pass
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, f"serve not ready:\n{log.read_text()}"
-            time.sleep(0.2)
-        yield url
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(30) == 0, log.read_text()
+        with serving(repo, log, stop_timeout=30, **env) as (client, process):
+
+            def workers_ready() -> bool:
+                assert process.poll() is None, log.read_text()
+                try:
+                    ready = client.get("/readyz", timeout=2).json()
+                except (httpx.HTTPError, ValueError):
+                    return False
+                return bool(ready.get("checks", {}).get("workers_ready"))
+
+            wait_for(workers_ready, 60, "serve to report a ready worker", interval=0.2)
+            yield str(client.base_url).rstrip("/")
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
         _purge(redis_url, key_prefix)
 
 

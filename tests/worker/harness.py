@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
+import httpx
 import uvicorn
 
 from service.api.app import create_app
@@ -52,6 +53,39 @@ def wait_for(probe: Callable[[], T | None], timeout: float, what: str, interval:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+@contextmanager
+def serving(
+    repo: Path, log: Path, stop_timeout: float = 60, **env: str
+) -> Iterator[tuple[httpx.Client, subprocess.Popen]]:
+    """``hdr-service serve`` on a free port with no HDR_* but ``env``, its output in ``log``;
+    stopped with SIGTERM, which must exit 0 within ``stop_timeout``, when the block ends."""
+    port = free_port()
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("HDR_")}
+    environ |= {
+        "HDR_MODEL_REPO": str(repo),
+        "HDR_WORKER_METRICS_PORT": "0",
+        "PYTHONUNBUFFERED": "1",
+        **env,
+    }
+    with log.open("wb") as out:
+        serve = subprocess.Popen(
+            [sys.executable, "-m", "service", "serve", "--port", str(port)],
+            cwd=REPO,
+            env=environ,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            yield client, serve
+        serve.send_signal(signal.SIGTERM)
+        assert serve.wait(stop_timeout) == 0, log.read_text()
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait()
 
 
 @contextmanager
