@@ -15,8 +15,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from .config import Settings
-from .errors import ServiceError
+from service.config import Settings
+from service.errors import ServiceError
 
 EXIT_USER_ERROR = 2
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InvalidExposureSet, UnsupportedImage
-from .imaging import DecodedImage, check_bracket, read_image, widen_to_16bit
+from service.errors import InvalidExposureSet, UnsupportedImage
+from service.imaging import DecodedImage, check_bracket, read_image, widen_to_16bit
 
 EXPOSURES = 3
 #: Files a scene folder's frames may have, in order of preference (TIFF is Kalantari's).

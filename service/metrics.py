@@ -43,7 +43,7 @@ from redis.exceptions import RedisError
 if TYPE_CHECKING:
     from service.queue import Broker
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 NAMESPACE: Final = "hdr"
 
@@ -156,9 +156,7 @@ class QueueMetrics:
                 REFRESH_TIMEOUT_SECONDS,
             )
         except (RedisError, OSError, TimeoutError) as exc:
-            logger.warning(
-                "cannot read queue metrics from Redis: %s", str(exc) or type(exc).__name__
-            )
+            log.warning("cannot read queue metrics from Redis: %s", str(exc) or type(exc).__name__)
             self.redis_up.set(0)
             return
         self.redis_up.set(1)

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from .errors import EngineUnavailable
+from service.errors import EngineUnavailable
 
 WEIGHTS_FILE = "model.pth"
 CONFIG_FILE = "config.yaml"

@@ -23,7 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.errors import QueueFull, ServiceError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 #: Retry-After for 503 answers: Redis restarts and failovers take seconds.
 UNAVAILABLE_RETRY_AFTER_SECONDS: Final = 5
@@ -134,7 +134,7 @@ def _service_error(exc: ServiceError) -> JSONResponse:
     if isinstance(exc, NotAuthenticated):
         headers["WWW-Authenticate"] = 'Bearer realm="hdr"'
     if exc.http_status >= 500:
-        logger.error("request failed: %s (%s)", exc.message, exc.code)
+        log.error("request failed: %s (%s)", exc.message, exc.code)
     return error_response(exc.http_status, exc.code, exc.message, headers or None)
 
 
@@ -150,9 +150,9 @@ async def handle_error(request: Request, exc: Exception) -> JSONResponse:
             exc.status_code, code, str(exc.detail), dict(exc.headers) if exc.headers else None
         )
     if isinstance(exc, RedisError | ConnectionError | TimeoutError):
-        logger.warning("Redis unavailable during %s %s: %s", request.method, request.url.path, exc)
+        log.warning("Redis unavailable during %s %s: %s", request.method, request.url.path, exc)
         return _service_error(Unavailable(f"the job queue is unavailable ({type(exc).__name__})"))
-    logger.exception("unhandled error in %s %s", request.method, request.url.path)
+    log.exception("unhandled error in %s %s", request.method, request.url.path)
     return error_response(500, "internal_error", "internal error; it has been logged")
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from ..engines.tiling import TilePlan
+from service.engines.tiling import TilePlan
 
 BACKENDS = ("official-style", "torch", "onnxruntime", "tensorrt")
 MODIFIERS = ("compile", "graphs", "default-malloc", "tuned-malloc")
@@ -93,12 +93,12 @@ class Result:
 
 
 def _engine(case: Case, checkpoint: Path, cache: Path) -> Any:
-    from ..engines.torch_engine import TorchEngine, resolve_device
-    from ..model import load_afunet
+    from service.engines.torch_engine import TorchEngine, resolve_device
+    from service.model import load_afunet
 
     mods = case.modifiers
     if case.name == "official-style":
-        from .official_style import OfficialStyleEngine
+        from service.bench.official_style import OfficialStyleEngine
 
         return OfficialStyleEngine(load_afunet(checkpoint))
     if case.name == "torch":
@@ -110,11 +110,11 @@ def _engine(case: Case, checkpoint: Path, cache: Path) -> Any:
             cuda_graphs="graphs" in mods,
         )
     if case.name == "onnxruntime":
-        from ..engines.onnxruntime_engine import OnnxRuntimeEngine
+        from service.engines.onnxruntime_engine import OnnxRuntimeEngine
 
         return OnnxRuntimeEngine(checkpoint, cache, case.device)
     if case.name == "tensorrt":
-        from ..engines.tensorrt_engine import TensorRTEngine
+        from service.engines.tensorrt_engine import TensorRTEngine
 
         return TensorRTEngine(checkpoint, cache, case.precision, max_batch=case.batch)
     raise ValueError(f"unknown backend {case.backend!r}; choose from {BACKENDS}")
@@ -133,10 +133,10 @@ def _device_bytes() -> int | None:
 
 def run_child(case: Case, checkpoint: Path, scene: Path, cache: Path, output: Path) -> dict:
     """Measure ``case``; called in a fresh process."""
-    from ..engines.pipeline import reconstruct
-    from ..engines.runtime import keep_freed_memory, peak_rss_bytes
-    from ..engines.tiling import TilePlan
-    from ..exposures import ExposureSet
+    from service.engines.pipeline import reconstruct
+    from service.engines.runtime import keep_freed_memory, peak_rss_bytes
+    from service.engines.tiling import TilePlan
+    from service.exposures import ExposureSet
 
     tuned = "tuned-malloc" in case.modifiers or (
         case.name != "official-style" and "default-malloc" not in case.modifiers
@@ -184,7 +184,7 @@ def run_child(case: Case, checkpoint: Path, scene: Path, cache: Path, output: Pa
 
 
 def _scene_file(height: int, width: int, seed: int, folder: Path) -> Path:
-    from ..quality.synth import make_scene
+    from service.quality.synth import make_scene
 
     scene = make_scene(seed, height, width)
     path = folder / f"scene_{width}x{height}_{seed}.npz"
@@ -228,7 +228,7 @@ def _spawn(
 
 
 def _psnr_mu(a: np.ndarray, b: np.ndarray) -> float:
-    from ..quality.metrics import mu_tonemap, psnr
+    from service.quality.metrics import mu_tonemap, psnr
 
     return psnr(mu_tonemap(np.clip(a, 0, None)), mu_tonemap(np.clip(b, 0, None)))
 
@@ -319,7 +319,7 @@ def run(args: argparse.Namespace) -> list[Result]:
             for i, case in enumerate(_cases(args, height, width)):
                 if case.name == "onnxruntime":
                     # Export in the parent: the child measures inference, not the export.
-                    from ..engines.onnxruntime_engine import ensure_onnx
+                    from service.engines.onnxruntime_engine import ensure_onnx
 
                     plan = TilePlan.build(height, width, case.tile, case.overlap)
                     ensure_onnx(cache, args.checkpoint, plan.tile_h, plan.tile_w)

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..model import AFUNet
-from ..model.layers import (
+from service.model import AFUNet
+from service.model.layers import (
     AlignmentModule,
     CrossAttentionBlock,
     EnhancementModule,
@@ -28,8 +28,8 @@ from ..model.layers import (
     SelfAttentionBlock,
     WindowAttentionCore,
 )
-from ..model.preprocess import TileBatch
-from ..model.windows import SHIFT_MASK_VALUE
+from service.model.preprocess import TileBatch
+from service.model.windows import SHIFT_MASK_VALUE
 
 
 def _partition(x: torch.Tensor, ws: int) -> torch.Tensor:

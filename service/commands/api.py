@@ -7,7 +7,7 @@ import logging
 import signal
 from types import FrameType
 
-from ..config import Settings
+from service.config import Settings
 
 HELP = "run the HTTP API (needs HDR_REDIS_URL; workers run as separate processes)"
 
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise ValueError(
             "HDR_REDIS_URL is not set; `hdr-service serve` runs everything on an embedded Redis"
         )
-    from ..api.app import create_app
+    from service.api.app import create_app
 
     settings = with_listen_address(settings, args)
     serve_http(create_app(settings), settings.api_host, settings.api_port)

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import Settings
+from service.config import Settings
 
 HELP = "benchmark backends and precisions against the official-style eager forward"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ..bench.engines import build_parser
+    from service.bench.engines import build_parser
 
     build_parser(parser)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from ..bench.engines import report
-    from ..bench.engines import run as run_bench
+    from service.bench.engines import report
+    from service.bench.engines import run as run_bench
 
     report(run_bench(args), args.json)
     return 0

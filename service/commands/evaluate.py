@@ -12,8 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..config import Settings
-from .model_options import add_model_arguments, add_tiling_arguments, open_model
+from service.commands.model_options import add_model_arguments, add_tiling_arguments, open_model
+from service.config import Settings
 
 HELP = "score a model on a labelled test set (Kalantari, Hu or Tel layout)"
 
@@ -90,8 +90,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
-    from ..quality.datasets import LAYOUTS, InvalidDataset, find_scenes
-    from ..quality.evaluation import ModelPredictor, SaveOptions, evaluate
+    from service.quality.datasets import LAYOUTS, InvalidDataset, find_scenes
+    from service.quality.evaluation import ModelPredictor, SaveOptions, evaluate
 
     if args.pad_to < 0:
         raise InvalidDataset(f"--pad-to must be 0 (off) or positive, got {args.pad_to}")

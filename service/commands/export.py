@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import Settings
-from ..errors import EngineUnavailable
+from service.config import Settings
+from service.errors import EngineUnavailable
 
 HELP = "export the model to ONNX or build a TensorRT plan for a tile shape"
 
@@ -39,8 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from ..engines.cache import engine_dir
-    from ..model_repo import checkpoint_spec, model_spec
+    from service.engines.cache import engine_dir
+    from service.model_repo import checkpoint_spec, model_spec
 
     name = args.model or settings.default_model
     spec = (
@@ -56,16 +56,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     precision = args.precision or ("fp32" if args.format == "onnx" else "bf16")
     if args.format == "onnx":
         if args.output:
-            from ..engines.onnx_export import export_onnx
-            from ..model import load_afunet
+            from service.engines.onnx_export import export_onnx
+            from service.model import load_afunet
 
             path = export_onnx(load_afunet(spec.weights), args.output, tile_h, tile_w, precision)
         else:
-            from ..engines.onnxruntime_engine import ensure_onnx
+            from service.engines.onnxruntime_engine import ensure_onnx
 
             path = ensure_onnx(cache, spec.weights, tile_h, tile_w, precision)
     else:
-        from ..engines.tensorrt_engine import TensorRTEngine
+        from service.engines.tensorrt_engine import TensorRTEngine
 
         batch = args.batch or spec.tiling.batch or settings.tile_batch
         engine = TensorRTEngine(spec.weights, cache, precision, max_batch=batch)

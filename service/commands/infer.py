@@ -7,15 +7,15 @@ import sys
 import time
 from pathlib import Path
 
-from ..config import Settings
-from ..errors import InvalidExposureSet
-from .model_options import add_model_arguments, add_tiling_arguments, open_model
+from service.commands.model_options import add_model_arguments, add_tiling_arguments, open_model
+from service.config import Settings
+from service.errors import InvalidExposureSet
 
 HELP = "reconstruct one exposure set offline"
 
 
 def _float_list(text: str) -> list[float]:
-    from ..exposures import parse_exposure_values
+    from service.exposures import parse_exposure_values
 
     return list(parse_exposure_values(text, "--ev"))
 
@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_exposures(args: argparse.Namespace):
-    from ..exposures import load_exposure_files, load_scene_dir
+    from service.exposures import load_exposure_files, load_scene_dir
 
     if args.exposures:
         if args.scene is not None:
@@ -73,9 +73,9 @@ def _load_exposures(args: argparse.Namespace):
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
-    from ..engines.pipeline import reconstruct
-    from ..engines.tiling import TilePlan
-    from ..imaging import ResultFormat, write_result
+    from service.engines.pipeline import reconstruct
+    from service.engines.tiling import TilePlan
+    from service.imaging import ResultFormat, write_result
 
     suffix = args.output.suffix.lower().lstrip(".")
     if suffix not in {f.value for f in ResultFormat}:

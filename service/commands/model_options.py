@@ -6,10 +6,10 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..config import Settings
+from service.config import Settings
 
 if TYPE_CHECKING:
-    from ..engines.registry import ServedModel
+    from service.engines.registry import ServedModel
 
 ArgumentTarget = argparse.ArgumentParser | argparse._ArgumentGroup
 
@@ -47,8 +47,8 @@ def add_tiling_arguments(target: ArgumentTarget) -> None:
 
 def open_model(args: argparse.Namespace, settings: Settings) -> ServedModel:
     """The model the options name, with the process tuned for inference."""
-    from ..engines.registry import load_model
-    from ..engines.runtime import keep_freed_memory
+    from service.engines.registry import load_model
+    from service.engines.runtime import keep_freed_memory
 
     overrides = {
         key: value

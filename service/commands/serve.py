@@ -27,9 +27,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
-from ..config import Settings
-from .api import add_arguments as add_listen_arguments
-from .api import serve_http, with_listen_address
+from service.commands.api import add_arguments as add_listen_arguments
+from service.commands.api import serve_http, with_listen_address
+from service.config import Settings
 
 HELP = "run API and worker together (with an embedded Redis when HDR_REDIS_URL is unset)"
 
@@ -156,7 +156,7 @@ class WorkerSupervisor:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from ..api.app import create_app
+    from service.api.app import create_app
 
     settings = with_listen_address(settings, args)
     with contextlib.ExitStack() as stack:

@@ -13,7 +13,7 @@ import re
 import sys
 from pathlib import Path
 
-from ..config import Settings
+from service.config import Settings
 
 HELP = "write synthetic bracketed scenes with HDR labels (Kalantari layout)"
 
@@ -68,8 +68,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
-    from ..errors import InvalidExposureSet
-    from ..quality.synth import generate_dataset
+    from service.errors import InvalidExposureSet
+    from service.quality.synth import generate_dataset
 
     del settings  # synthetic scenes need no configuration
     out: Path = args.out_dir

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from ..config import Settings
+from service.config import Settings
 
 HELP = "run a worker: load the model repository, then consume jobs (needs HDR_REDIS_URL)"
 
@@ -31,11 +31,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.worker_id:
         settings = Settings.model_validate({**settings.model_dump(), "worker_id": args.worker_id})
     if args.check:
-        from ..worker.check import check_worker
+        from service.worker.check import check_worker
 
         ok, line = asyncio.run(check_worker(settings))
         print(line)
         return CHECK_OK if ok else CHECK_FAILED
-    from ..worker.runner import serve_worker
+    from service.worker.runner import serve_worker
 
     return asyncio.run(serve_worker(settings))

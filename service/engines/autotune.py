@@ -16,8 +16,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..model.preprocess import TileBatch
-from .base import Engine
+from service.engines.base import Engine
+from service.model.preprocess import TileBatch
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..model.preprocess import TileBatch
+from service.model.preprocess import TileBatch
 
 
 class Engine(Protocol):

@@ -16,8 +16,8 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-from ..config import Settings
-from ..model_repo import ModelSpec
+from service.config import Settings
+from service.model_repo import ModelSpec
 
 #: Used when the model's own folder is read-only (a mounted repository, shared weights).
 USER_CACHE = Path.home() / ".cache" / "afunet-service"

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..model.preprocess import TileBatch
+from service.model.preprocess import TileBatch
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from ..model import AFUNet
+from service.model import AFUNet
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..model.preprocess import TileBatch
-from .base import Engine
+from service.engines.base import Engine
+from service.model.preprocess import TileBatch
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def probe_inputs(
     height: int = 256, width: int = 256, seeds: Sequence[int] = (1, 2)
 ) -> list[TileBatch]:
     """Tile batches of synthetic scenes (bright lights, deep shadows, motion) for checks."""
-    from ..quality.synth import make_scene
+    from service.quality.synth import make_scene
 
     batches = []
     for seed in seeds:

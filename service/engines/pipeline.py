@@ -6,10 +6,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..exposures import ExposureSet
-from ..model.preprocess import TileBatch
-from .base import Engine
-from .tiling import TileBlender, TilePlan
+from service.engines.base import Engine
+from service.engines.tiling import TileBlender, TilePlan
+from service.exposures import ExposureSet
+from service.model.preprocess import TileBatch
 
 #: Called after every engine call with (tiles done, tiles total); raising stops the run.
 ProgressCallback = Callable[[int, int], None]

@@ -12,12 +12,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import Settings
-from ..errors import EngineUnavailable
-from ..model_repo import ModelSpec, checkpoint_spec, model_spec
-from .base import Engine
-from .cache import engine_dir
-from .tiling import TilePlan
+from service.config import Settings
+from service.engines.base import Engine
+from service.engines.cache import engine_dir
+from service.engines.tiling import TilePlan
+from service.errors import EngineUnavailable
+from service.model_repo import ModelSpec, checkpoint_spec, model_spec
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,8 @@ def _fp16_gated(
     engine = build(precision)
     if engine.precision != "fp16":
         return engine
-    from .parity import FP16_MIN_PSNR_MU_DB, parity_db, probe_inputs
-    from .torch_engine import TorchEngine
+    from service.engines.parity import FP16_MIN_PSNR_MU_DB, parity_db, probe_inputs
+    from service.engines.torch_engine import TorchEngine
 
     reference = TorchEngine.from_checkpoint(_weights(spec), settings.device, "fp32")
     score = parity_db(engine, reference, probe_inputs())
@@ -65,7 +65,7 @@ def _fp16_gated(
 
 
 def _torch_afunet(spec: ModelSpec, settings: Settings) -> Engine:
-    from .torch_engine import TorchEngine
+    from service.engines.torch_engine import TorchEngine
 
     def build(precision: str) -> TorchEngine:
         return TorchEngine.from_checkpoint(
@@ -80,7 +80,7 @@ def _torch_afunet(spec: ModelSpec, settings: Settings) -> Engine:
 
 
 def _onnxruntime_afunet(spec: ModelSpec, settings: Settings) -> Engine:
-    from .onnxruntime_engine import OnnxRuntimeEngine
+    from service.engines.onnxruntime_engine import OnnxRuntimeEngine
 
     if _precision(spec, settings) not in ("auto", "fp32"):
         raise EngineUnavailable("the onnxruntime backend runs fp32 only")
@@ -88,7 +88,7 @@ def _onnxruntime_afunet(spec: ModelSpec, settings: Settings) -> Engine:
 
 
 def _tensorrt_afunet(spec: ModelSpec, settings: Settings) -> Engine:
-    from .tensorrt_engine import TensorRTEngine
+    from service.engines.tensorrt_engine import TensorRTEngine
 
     if settings.device == "cpu":
         raise EngineUnavailable("TensorRT needs a GPU and HDR_DEVICE is cpu")
@@ -106,7 +106,7 @@ def _tensorrt_afunet(spec: ModelSpec, settings: Settings) -> Engine:
 
 
 def _numpy_classical(spec: ModelSpec, settings: Settings) -> Engine:
-    from .classical import ClassicalEngine
+    from service.engines.classical import ClassicalEngine
 
     return ClassicalEngine()
 
@@ -212,7 +212,7 @@ def load_model(
     )
     on_gpu = "cuda" in str(engine.device)
     if tiling.autotune == "always" or (tiling.autotune == "gpu" and on_gpu):
-        from .autotune import autotune, candidate_plans
+        from service.engines.autotune import autotune, candidate_plans
 
         choice = autotune(engine, candidate_plans(served.tile_size))
         served.tile_size, served.tile_batch = choice.tile, choice.batch

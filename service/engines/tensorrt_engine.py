@@ -27,11 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import EngineFault, EngineUnavailable
-from ..model.preprocess import TileBatch, build_model_input_torch
-from .cache import safe_name, weights_digest, write_atomic
-from .onnx_export import INPUT_NAME, OUTPUT_NAME
-from .onnxruntime_engine import ensure_onnx
+from service.engines.cache import safe_name, weights_digest, write_atomic
+from service.engines.onnx_export import INPUT_NAME, OUTPUT_NAME
+from service.engines.onnxruntime_engine import ensure_onnx
+from service.errors import EngineFault, EngineUnavailable
+from service.model.preprocess import TileBatch, build_model_input_torch
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import EngineUnavailable
-from ..model import AFUNet, load_afunet
-from ..model.preprocess import TileBatch, build_model_input_torch
+from service.errors import EngineUnavailable
+from service.model import AFUNet, load_afunet
+from service.model.preprocess import TileBatch, build_model_input_torch
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """AFUNet in PyTorch: the network, checkpoint loading and the official preprocessing."""
 
-from .checkpoint import load_afunet, read_state_dict
-from .network import AFUNet, AFUNetConfig
-from .preprocess import build_model_input
+from service.model.checkpoint import load_afunet, read_state_dict
+from service.model.network import AFUNet, AFUNetConfig
+from service.model.preprocess import build_model_input
 
 __all__ = [
     "AFUNet",

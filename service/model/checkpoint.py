@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError, CheckpointMismatch
-from .network import AFUNet, AFUNetConfig
+from service.errors import CheckpointError, CheckpointMismatch
+from service.model.network import AFUNet, AFUNetConfig
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .windows import (
+from service.model.windows import (
     WINDOW_GROUPS,
     LayoutCache,
     WindowLayout,

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import (
+from service.model.layers import (
     AlignmentModule,
     EnhancementModule,
     FusionModule,
@@ -26,7 +26,7 @@ from .layers import (
     reflect_conv,
     tokens_to_image,
 )
-from .windows import LayoutCache
+from service.model.windows import LayoutCache
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..errors import InvalidExposureSet
+from service.errors import InvalidExposureSet
 
 GAMMA = 2.2
 EXPOSURES = 3

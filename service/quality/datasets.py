@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InvalidExposureSet, ServiceError, UnsupportedImage
-from ..exposures import EXPOSURES, ExposureSet, load_exposure_files, parse_exposure_values
-from ..imaging import decode_exr, decode_radiance
+from service.errors import InvalidExposureSet, ServiceError, UnsupportedImage
+from service.exposures import EXPOSURES, ExposureSet, load_exposure_files, parse_exposure_values
+from service.imaging import decode_exr, decode_radiance
 
 log = logging.getLogger(__name__)
 

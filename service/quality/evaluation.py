@@ -24,14 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engines.pipeline import ProgressCallback, reconstruct
-from ..engines.registry import ServedModel
-from ..engines.tiling import TilePlan
-from ..errors import ImageTooLarge, InvalidExposureSet, UnsupportedImage
-from ..exposures import ExposureSet
-from ..imaging import write_result
-from .datasets import LAYOUTS, InvalidDataset, LabelledScene, Layout, load_scene
-from .metrics import SCORE_NAMES, Scores, mean_scores, score
+from service.engines.pipeline import ProgressCallback, reconstruct
+from service.engines.registry import ServedModel
+from service.engines.tiling import TilePlan
+from service.errors import ImageTooLarge, InvalidExposureSet, UnsupportedImage
+from service.exposures import ExposureSet
+from service.imaging import write_result
+from service.quality.datasets import LAYOUTS, InvalidDataset, LabelledScene, Layout, load_scene
+from service.quality.metrics import SCORE_NAMES, Scores, mean_scores, score
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from ..imaging.tonemap import MU
+from service.imaging.tonemap import MU
 
 #: SSIM window: 11 taps, sigma 1.5 (the window of Wang et al. 2004 and of the field).
 SSIM_WINDOW = 11

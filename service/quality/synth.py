@@ -39,8 +39,8 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from ..exposures import ExposureSet
-from ..imaging import encode_radiance
+from service.exposures import ExposureSet
+from service.imaging import encode_radiance
 
 log = logging.getLogger(__name__)
 

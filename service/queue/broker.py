@@ -48,7 +48,7 @@ from service.queue.connection import connect
 from service.queue.jobs import JobRecord, JobState, is_valid_job_id, new_job_id
 from service.queue.keys import ENTRY_JOB, STAT_JOB_SECONDS, Keys
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 #: Longest blocking read; must stay below the client's socket timeout (connection.py).
 MAX_BLOCK_MS: Final = 10_000
@@ -174,7 +174,7 @@ class Broker:
             await self.redis.delete(inputs)
             raise
         if kind == b"ok":
-            logger.info("queued job %s (entry %s)", record.id, value.decode())
+            log.info("queued job %s (entry %s)", record.id, value.decode())
             return record
         await self.redis.delete(inputs)
         if kind == b"duplicate":
@@ -185,7 +185,7 @@ class Broker:
             await self._drop_mapping(idem_key, value)
             return None
         retry_after = await self._retry_after()
-        logger.info("queue full (%s jobs queued); retry after %s s", value, retry_after)
+        log.info("queue full (%s jobs queued); retry after %s s", value, retry_after)
         raise QueueFull(
             f"the queue holds {value} jobs, its limit; retry in {retry_after} s",
             retry_after=retry_after,
@@ -205,7 +205,7 @@ class Broker:
                 try:
                     await pipe.execute()
                 except RedisError:  # WatchError: another submit replaced it; fine
-                    logger.debug("idempotency mapping %s changed concurrently", idem_key)
+                    log.debug("idempotency mapping %s changed concurrently", idem_key)
 
     async def _retry_after(self) -> int:
         """Seconds until a queue slot is likely to free: one job's time over the workers."""
@@ -274,7 +274,7 @@ class Broker:
         if not reply:
             raise JobNotFound(f"job {job_id} not found")
         record = _record_from_flat(reply)
-        logger.info("cancel of job %s: now %s", job_id, record.status.value)
+        log.info("cancel of job %s: now %s", job_id, record.status.value)
         return record
 
     async def is_cancel_requested(self, job_id: str) -> bool:
@@ -311,7 +311,7 @@ class Broker:
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
-                logger.warning("consumer group missing; creating it")
+                log.warning("consumer group missing; creating it")
                 await self.ensure_group()
         return None
 
@@ -385,7 +385,7 @@ class Broker:
         )
         if kind == b"deliver":
             if redelivered:
-                logger.info(
+                log.info(
                     "re-delivering job %s (entry %s) to %s, attempt %s",
                     job_id,
                     entry_id,
@@ -394,11 +394,11 @@ class Broker:
                 )
             return Delivery(entry_id, job_id, int(attempts), consumer, redelivered)
         if kind == b"dead":
-            logger.warning(
+            log.warning(
                 "job %s dead-lettered after %s attempts (entry %s)", job_id, attempts, entry_id
             )
         else:
-            logger.info("skipping entry %s of job %s: %s", entry_id, job_id, kind.decode())
+            log.info("skipping entry %s of job %s: %s", entry_id, job_id, kind.decode())
         return None
 
     async def start(self, delivery: Delivery, worker_id: str, engine: str) -> JobRecord | None:
@@ -419,7 +419,7 @@ class Broker:
             ],
         )
         if not reply:
-            logger.info("not starting job %s: final or expired", delivery.job_id)
+            log.info("not starting job %s: final or expired", delivery.job_id)
             return None
         return _record_from_flat(reply)
 
@@ -479,9 +479,9 @@ class Broker:
         )
         stored = outcome == b"stored"
         if stored:
-            logger.info("job %s succeeded (%s bytes)", delivery.job_id, len(result))
+            log.info("job %s succeeded (%s bytes)", delivery.job_id, len(result))
         else:
-            logger.info("result of job %s dropped: job %s", delivery.job_id, outcome.decode())
+            log.info("result of job %s dropped: job %s", delivery.job_id, outcome.decode())
         return stored
 
     async def fail(
@@ -528,7 +528,7 @@ class Broker:
             ],
         )
         text = outcome.decode()
-        logger.warning(
+        log.warning(
             "job %s attempt %s failed (%s): %s", delivery.job_id, delivery.attempts, text, reason
         )
         return None if text == "expired" else JobState(text)
@@ -553,7 +553,7 @@ class Broker:
             ],
         )
         text = outcome.decode()
-        logger.info("job %s handed back by %s: %s", delivery.job_id, delivery.consumer, text)
+        log.info("job %s handed back by %s: %s", delivery.job_id, delivery.consumer, text)
         return None if text == "expired" else JobState(text)
 
     async def mark_cancelled(self, delivery: Delivery) -> JobRecord | None:
@@ -581,7 +581,7 @@ class Broker:
         try:
             return bool(await asyncio.wait_for(self.redis.ping(), timeout))
         except (RedisError, OSError, TimeoutError) as exc:
-            logger.warning("Redis ping failed: %s", str(exc) or type(exc).__name__)
+            log.warning("Redis ping failed: %s", str(exc) or type(exc).__name__)
             return False
 
     async def queue_depth(self) -> int:

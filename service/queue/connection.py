@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from redis.asyncio import Redis
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 DEFAULT_PORT: Final = 6379
 #: Socket read timeout. It must exceed the longest blocking read the broker issues
@@ -110,7 +110,7 @@ def connect(target: str | RedisSettings, *, client_name: str | None = None) -> R
     The caller owns the client and closes it with ``await client.aclose()``.
     """
     settings = RedisSettings.from_dsn(target) if isinstance(target, str) else target
-    logger.debug("connecting to Redis at %s", settings.safe_dsn)
+    log.debug("connecting to Redis at %s", settings.safe_dsn)
     common: dict[str, Any] = {
         "db": settings.db,
         "username": settings.username,

@@ -24,7 +24,7 @@ from starlette.routing import Route
 from service.metrics import WorkerMetrics, exposition
 from service.queue import Broker
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 #: A readiness answer must come within a probe's usual 1 s timeout.
 READY_TIMEOUT_SECONDS: Final = 0.8
@@ -112,7 +112,7 @@ class HealthServer:
             await asyncio.sleep(0.01)
         if self._task.done():
             raise OSError(f"the health server did not start: {self._task.exception()!r}")
-        logger.info("worker metrics and health on http://%s:%s", self._host, self.port)
+        log.info("worker metrics and health on http://%s:%s", self._host, self.port)
 
     async def stop(self) -> None:
         if self._server is None or self._task is None:

@@ -18,7 +18,7 @@ from service.engines.registry import ServedModel, load_model
 from service.model_repo import model_names
 from service.worker.faults import is_engine_fault
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 #: The weight-free model every deployment can serve (service/engines/classical.py).
 FALLBACK_MODEL: Final = "classical"
@@ -73,7 +73,7 @@ def load_models(settings: Settings) -> ModelSet:
     models = ModelSet(preferred=settings.default_model)
     names = model_names(settings.model_repo)
     if not names:
-        logger.error("the model repository %s holds no model", settings.model_repo)
+        log.error("the model repository %s holds no model", settings.model_repo)
     for name in names:
         try:
             models.served[name] = load_model(settings, name)
@@ -82,9 +82,9 @@ def load_models(settings: Settings) -> ModelSet:
                 raise
             reason = getattr(exc, "message", None) or str(exc) or type(exc).__name__
             models.unavailable[name] = reason
-            logger.warning("model %s does not serve here: %s", name, reason)
+            log.warning("model %s does not serve here: %s", name, reason)
             continue
-        logger.info("loaded model %s: %s", name, models.served[name].describe())
+        log.info("loaded model %s: %s", name, models.served[name].describe())
     return models
 
 
@@ -104,10 +104,10 @@ def warm_up(models: ModelSet) -> None:
                 raise
             models.unavailable[name] = f"warm-up failed: {exc}"
             del models.served[name]
-            logger.warning("model %s failed its warm-up: %s", name, exc)
+            log.warning("model %s failed its warm-up: %s", name, exc)
             continue
         models.warmed.add(name)
-        logger.info(
+        log.info(
             "warmed up %s at %sx%s, batch %s",
             name,
             model.tile_size,

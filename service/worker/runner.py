@@ -64,7 +64,7 @@ from service.worker.faults import is_engine_fault
 from service.worker.health import HealthServer, build_health_app
 from service.worker.models import ModelNotServed, ModelSet, load_models, warm_up
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 EXIT_OK: Final = 0
 #: Exit status after an engine fault: the supervisor restarts the worker.
@@ -213,12 +213,12 @@ class Worker:
             )
         except (RedisError, OSError) as exc:
             if self._redis_ok:
-                logger.warning("heartbeat failed, Redis unreachable: %s", exc)
+                log.warning("heartbeat failed, Redis unreachable: %s", exc)
             self._redis_ok = False
             self.metrics.heartbeat_errors.inc()
         else:
             if not self._redis_ok:
-                logger.info("heartbeat written; Redis reachable")
+                log.info("heartbeat written; Redis reachable")
             self._redis_ok = True
             self.metrics.heartbeats.inc()
             self.metrics.last_heartbeat.set(time.time())
@@ -240,7 +240,7 @@ class Worker:
             try:
                 owned = await self.broker.touch(delivery)
             except (RedisError, OSError) as exc:
-                logger.warning("job %s: could not renew its claim (%s)", delivery.job_id, exc)
+                log.warning("job %s: could not renew its claim (%s)", delivery.job_id, exc)
                 return
             if not owned and self._claimed is delivery:
                 self._lost.set()
@@ -281,14 +281,14 @@ class Worker:
                 loop.call_soon_threadsafe(self.request_stop)
                 return
         if self._stopping.is_set():
-            logger.warning("second stop request: handing the job in hand back now")
+            log.warning("second stop request: handing the job in hand back now")
             self._handback.set()
             return
         self._stopping.set()
         if self.state is not WorkerState.STOPPED:
             self.state = WorkerState.DRAINING
         if self._job is not None:
-            logger.info(
+            log.info(
                 "draining: job %s may finish within %s s",
                 self._job.job_id,
                 self.settings.drain_seconds,
@@ -297,7 +297,7 @@ class Worker:
                 self.settings.drain_seconds, self._handback.set
             )
         else:
-            logger.info("stopping: no job in hand")
+            log.info("stopping: no job in hand")
 
     async def run(self) -> int:
         """Serve until :meth:`request_stop` or an engine fault; returns the exit status."""
@@ -313,7 +313,7 @@ class Worker:
                 await self._ensure_group()
                 self.state = WorkerState.READY
                 await self._beat()  # tell the API now, not at the next interval
-                logger.info(
+                log.info(
                     "worker %s ready: serves %s (default %s)",
                     self.worker_id,
                     ", ".join(sorted(self._models.served)) or "nothing",
@@ -331,7 +331,7 @@ class Worker:
         except Exception as exc:
             if not is_engine_fault(exc):
                 raise
-            logger.critical("engine fault outside a job: %s", exc, exc_info=True)
+            log.critical("engine fault outside a job: %s", exc, exc_info=True)
             self.exit_code = EXIT_ENGINE_FAULT
         finally:
             self.state = WorkerState.STOPPED
@@ -339,10 +339,10 @@ class Worker:
             try:
                 await self.broker.retire(self.worker_id)
             except (RedisError, OSError) as exc:
-                logger.warning("could not remove the heartbeat: %s", exc)
+                log.warning("could not remove the heartbeat: %s", exc)
             if health is not None:
                 await health.stop()
-        logger.info("worker %s stopped (exit status %s)", self.worker_id, self.exit_code)
+        log.info("worker %s stopped (exit status %s)", self.worker_id, self.exit_code)
         return self.exit_code
 
     async def _start_health(self) -> HealthServer | None:
@@ -354,7 +354,7 @@ class Worker:
         try:
             await server.start()
         except OSError as exc:
-            logger.error(
+            log.error(
                 "cannot serve metrics and health on %s:%s (%s); running without them",
                 self.settings.worker_metrics_host,
                 self._wanted_port,
@@ -368,7 +368,7 @@ class Worker:
         self._redis_ok = False
         pause = REDIS_BACKOFF_SECONDS[min(attempt, len(REDIS_BACKOFF_SECONDS) - 1)]
         if attempt == 0:
-            logger.warning("Redis unreachable (%s); retrying", exc)
+            log.warning("Redis unreachable (%s); retrying", exc)
         await self._pause(pause)
 
     async def _pause(self, seconds: float) -> None:
@@ -420,7 +420,7 @@ class Worker:
                 return await step()
             except (RedisError, OSError) as exc:
                 if time.monotonic() > deadline:
-                    logger.error(
+                    log.error(
                         "could not record the end of job %s (%s); it will be re-delivered",
                         delivery.job_id,
                         exc,
@@ -443,7 +443,7 @@ class Worker:
         try:
             outcome = await self._attempt(delivery, self._models)
         except RedisError as exc:
-            logger.error(
+            log.error(
                 "job %s: Redis failed mid-job (%s); it will be re-delivered", delivery.job_id, exc
             )
             self._redis_ok = False
@@ -472,7 +472,7 @@ class Worker:
             return None
         self._claimed = delivery
         self._job_model = name
-        logger.info(
+        log.info(
             "job %s: attempt %s on %s (%sx%s)",
             job_id,
             delivery.attempts,
@@ -484,13 +484,13 @@ class Worker:
             return await self._run(delivery, started, name, model)
         except _Cancelled:
             await self._settle(partial(self.broker.mark_cancelled, delivery), delivery)
-            logger.info("job %s cancelled between tile batches", job_id)
+            log.info("job %s cancelled between tile batches", job_id)
             return Outcome.CANCELLED
         except _HandedBack:
             await self._settle(partial(self.broker.release, delivery), delivery)
             return Outcome.HANDED_BACK
         except _Lost:
-            logger.warning("job %s was taken over by another worker; dropping it", job_id)
+            log.warning("job %s was taken over by another worker; dropping it", job_id)
             return Outcome.LOST
         except INPUT_ERRORS as exc:
             reason = getattr(exc, "message", None) or str(exc)
@@ -501,14 +501,14 @@ class Worker:
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
             if is_engine_fault(exc):
-                logger.critical("job %s: engine fault, exiting: %s", job_id, reason)
+                log.critical("job %s: engine fault, exiting: %s", job_id, reason)
                 self.exit_code = EXIT_ENGINE_FAULT
                 await self._settle(
                     partial(self.broker.fail, delivery, f"engine fault: {reason}", retry=True),
                     delivery,
                 )
                 return Outcome.ENGINE_FAULT
-            logger.exception("job %s failed", job_id)
+            log.exception("job %s failed", job_id)
             state = await self._settle(
                 partial(self.broker.fail, delivery, reason, retry=True), delivery
             )
@@ -561,7 +561,7 @@ class Worker:
         )
         store = time.perf_counter() - began
         if not stored:
-            logger.info("job %s: result not stored (finished elsewhere or cancelled)", record.id)
+            log.info("job %s: result not stored (finished elsewhere or cancelled)", record.id)
             return Outcome.LOST
         self._observe(name, record, exposures, len(plan), timings, store, inference)
         return Outcome.SUCCEEDED
@@ -586,7 +586,7 @@ class Worker:
         self._tiles_reported = tiles
         if inference > 0:
             self.metrics.throughput.labels(model=name).set(pixels / inference)
-        logger.info(
+        log.info(
             "job %s succeeded: %sx%s, %s tiles, %s",
             record.id,
             exposures.width,
@@ -631,7 +631,7 @@ class Worker:
                 verdict = future.result(timeout=PROGRESS_REPORT_TIMEOUT_SECONDS)
             except (RedisError, OSError, concurrent.futures.TimeoutError) as exc:
                 future.cancel()
-                logger.warning("job %s: progress not recorded (%s)", delivery.job_id, exc)
+                log.warning("job %s: progress not recorded (%s)", delivery.job_id, exc)
                 return
             if verdict is not None:
                 raise verdict

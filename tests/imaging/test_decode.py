@@ -7,10 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from imaging.builders import pillow_bytes, png_bytes, png_chunk, tiff_bytes
 from service.errors import UnsupportedImage
 from service.imaging import DecodedImage, ImageFormat, decode, probe, read_image
-
-from .builders import pillow_bytes, png_bytes, png_chunk, tiff_bytes
 
 # -- round trips ------------------------------------------------------------------------------
 

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image, TiffImagePlugin
 
+from imaging.builders import exif_blob, pillow_bytes, png_bytes, tiff_bytes, tiff_with_exif_ifd
 from service.imaging import ExifExposure, decode, exif_exposure, parse_exif, probe
-
-from .builders import exif_blob, pillow_bytes, png_bytes, tiff_bytes, tiff_with_exif_ifd
 
 EXPECTED = ExifExposure(exposure_time=0.01, f_number=2.8, iso=200.0)
 

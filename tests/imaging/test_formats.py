@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from imaging.builders import pillow_bytes, png_bytes, tiff_bytes
 from service.errors import UnsupportedImage
 from service.imaging import ImageFormat, decode, sniff_format
-
-from .builders import pillow_bytes, png_bytes, tiff_bytes
 
 
 def test_formats_are_sniffed_from_magic_numbers(rgb8: np.ndarray) -> None:

@@ -9,10 +9,9 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
+from imaging.builders import patch_jpeg_size, patch_tiff_size, pillow_bytes, png_bomb, tiff_bytes
 from service.errors import ImageTooLarge
 from service.imaging import ImageFormat, ImageInfo, check_pixel_limit, decode, probe
-
-from .builders import patch_jpeg_size, patch_tiff_size, pillow_bytes, png_bomb, tiff_bytes
 
 
 def _tiny_rgb() -> np.ndarray:

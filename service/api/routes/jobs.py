@@ -32,7 +32,7 @@ from service.imaging import MEDIA_TYPES, ExrDtype, ResultFormat, decode_exr, enc
 from service.metrics import ApiMetrics
 from service.queue import Broker, JobRecord, JobState
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1", tags=["jobs"], dependencies=[Depends(get_owner)])
 
@@ -110,7 +110,7 @@ async def _submit(
             await upload.close()
     metrics.jobs_submitted.labels(model=model or "default").inc()
     metrics.upload_bytes.observe(submission.total_bytes)
-    logger.info(
+    log.info(
         "accepted job %s: %sx%s, model %s, EVs %s (%s)",
         record.id,
         submission.width,
