@@ -99,6 +99,38 @@ def test_infer_from_file_list_with_evs_and_tiles(tmp_path: Path) -> None:
     assert decode_exr(out.read_bytes()).shape == (40, 72, 3)
 
 
+def test_ev_is_shifted_to_the_shortest_as_in_a_scene_file_that_starts_at_zero(
+    tmp_path: Path,
+) -> None:
+    """``--ev=-2,0,2`` and ``--ev 0,2,4`` give identical files, equal to a scene whose
+    exposure.txt holds 0 2 4 (a scene's file is read verbatim, as the official code does)."""
+    frames = sorted(GOLDEN_SEED0.glob("input_*.tif"))
+    scene = tmp_path / "scene"
+    scene.mkdir()
+    for frame in frames:
+        (scene / frame.name).write_bytes(frame.read_bytes())
+    (scene / "exposure.txt").write_text("0\n2\n4\n")
+    runs = {
+        "negative.exr": ["--exposures", *map(str, frames), "--ev=-2,0,2"],
+        "zero.exr": ["--exposures", *map(str, frames), "--ev", "0,2,4"],
+        "scene.exr": [str(scene)],
+    }
+    for name, source in runs.items():
+        argv = [
+            "infer",
+            *source,
+            "--checkpoint",
+            str(GOLDEN_CHECKPOINT),
+            "-o",
+            str(tmp_path / name),
+        ]
+        assert main(argv) == 0
+    results = [(tmp_path / name).read_bytes() for name in runs]
+    assert results[0] == results[1] == results[2]
+    # Unshifted, -2,0,2 would have given the official output for the golden file's -2 0 2.
+    assert np.abs(decode_exr(results[0]) - EXPECTED).max() > 0.1
+
+
 def test_no_tile_equals_default_for_small_frame(tmp_path: Path) -> None:
     for flag, name in (([], "a.exr"), (["--no-tile"], "b.exr")):
         assert (
@@ -125,6 +157,8 @@ def test_no_tile_equals_default_for_small_frame(tmp_path: Path) -> None:
     [
         (["{scene}"], "expected 3 exposures, found 2"),
         (["--exposures", "a", "b", "c"], "--exposures needs --ev"),
+        (["--exposures", "a", "b", "c", "--ev", "0,1_0,2_0"], "--ev: '1_0' is not a plain"),
+        (["--exposures", "a", "b", "c", "--ev=-2,nan,2"], "--ev: 'nan' is not a plain"),
         ([], "give a scene folder"),
         (["{golden}", "--tile-size", "60"], "multiple of 8"),
         (["{golden}", "--output-format-typo"], None),

@@ -15,9 +15,12 @@ from service.exposures import (
     ev_from_exposure_times,
     load_exposure_files,
     load_scene_dir,
+    parse_exposure_file,
+    parse_exposure_values,
+    relative_to_shortest,
 )
 from service.imaging import to_unit_float
-from tests.factories import bracket_frames, write_scene
+from tests.factories import GOLDEN_SEED0, bracket_frames, write_scene
 
 
 def test_scene_frames_are_taken_in_file_name_order(tmp_path: Path) -> None:
@@ -89,6 +92,66 @@ def test_empty_folder_and_missing_folder_are_refused(tmp_path: Path) -> None:
 
 def test_negative_evs_are_valid_stops() -> None:
     assert check_exposure_values([-2, 0, 2]) == (-2.0, 0.0, 2.0)
+
+
+def test_scene_exposure_file_is_used_verbatim_as_the_official_loader_reads_it(
+    tmp_path: Path,
+) -> None:
+    # The golden case was made by the official code from its -2/0/2 file, unshifted.
+    assert load_scene_dir(GOLDEN_SEED0).evs == (-2.0, 0.0, 2.0)
+    scene = write_scene(tmp_path / "neg", bracket_frames(16, 16), "# stops\n-3.00\n0.00\n3.00\n")
+    assert load_scene_dir(scene).evs == (-3.0, 0.0, 3.0)
+
+
+@pytest.mark.parametrize(
+    ("text", "evs"),
+    [
+        ("0\n2\n4\n", (0.0, 2.0, 4.0)),
+        ("-2.00\n0.00\n2.00\n", (-2.0, 0.0, 2.0)),
+        ("0 3 6\n", (0.0, 3.0, 6.0)),  # one line, as np.loadtxt reads it
+        ("# EV\n1e0\n2\n3\n", (1.0, 2.0, 3.0)),
+    ],
+)
+def test_exposure_file_reads_what_np_loadtxt_reads(text: str, evs: tuple[float, ...]) -> None:
+    assert parse_exposure_file(text) == evs
+
+
+def test_exposure_file_with_commas_is_refused_as_np_loadtxt_refuses_it() -> None:
+    with pytest.raises(InvalidExposureSet, match=r"exposure\.txt: not a list of numbers"):
+        parse_exposure_file("0,2,4\n")
+
+
+def test_evs_are_made_relative_to_the_shortest_exposure() -> None:
+    assert relative_to_shortest([-2, 0, 2]) == relative_to_shortest([0, 2, 4]) == (0.0, 2.0, 4.0)
+    assert relative_to_shortest([2, -2, 0]) == (4.0, 0.0, 2.0)  # upload order is kept
+    assert relative_to_shortest([-10, -8, -6]) == (0.0, 2.0, 4.0)  # log2 of 1/1024 s...
+    assert relative_to_shortest([]) == ()
+
+
+@pytest.mark.parametrize(
+    ("text", "evs"),
+    [
+        ("-2,0,2", (-2.0, 0.0, 2.0)),
+        (" 0 2  4 ", (0.0, 2.0, 4.0)),
+        ("+1.5, .5,2.", (1.5, 0.5, 2.0)),
+        ("0.01,0.04,0.16", (0.01, 0.04, 0.16)),
+    ],
+)
+def test_plain_decimals_are_parsed(text: str, evs: tuple[float, ...]) -> None:
+    assert parse_exposure_values(text, "--ev") == evs
+
+
+@pytest.mark.parametrize(
+    "bad", ["1_0", "1e3", "nan", "inf", "-infinity", "0x10", "1.2.3", "--2", ".", "\u0662"]
+)
+def test_values_python_float_would_take_are_refused_by_name(bad: str) -> None:
+    # float() read "0,1_0,2_0" as 0, 10, 20: every value must be a plain decimal number.
+    with pytest.raises(InvalidExposureSet) as refused:
+        parse_exposure_values(f"0,{bad},4", "--ev")
+    assert (
+        refused.value.message
+        == f"--ev: {bad!r} is not a plain decimal number (such as -2, 0 or 0.5)"
+    )
 
 
 def test_exposure_times_must_be_positive() -> None:

@@ -36,15 +36,18 @@ class JobCreate(BaseModel):
         None,
         max_length=200,
         examples=["-2,0,2"],
-        description="EV stops of the exposures in upload order, separated by commas or"
-        " spaces (exposure time = 2**EV; only differences matter). Finite and distinct.",
+        description="EV stops of the exposures in upload order, plain decimal numbers"
+        " separated by commas or spaces. They are shifted so that the shortest exposure is"
+        " 0, the convention of the model's training data (exposure time = 2**EV): -2,0,2 and"
+        " 0,2,4 are the same request. Distinct, spanning at most 64 stops.",
     )
     exposure_times: str | None = Field(
         None,
         max_length=200,
         examples=["0.01,0.04,0.16"],
-        description="Exposure times in seconds in upload order, instead of exposure_values;"
-        " converted to EV stops relative to the shortest (EV = log2(t / t_shortest)). Without"
+        description="Exposure times in seconds in upload order (plain decimal numbers,"
+        " e.g. 0.004), instead of exposure_values; converted to EV stops relative to the"
+        " shortest (EV = log2(t / t_shortest)). Without"
         " either field the EXIF ExposureTime of each file decides (FNumber and ISO too when"
         " every file has them and they differ).",
     )
@@ -131,7 +134,8 @@ class JobPublic(BaseModel):
     width: int | None = Field(description="Frame width in pixels.")
     height: int | None = Field(description="Frame height in pixels.")
     exposure_values: list[float] | None = Field(
-        description="EV stops used, short to long (the exposures were sorted by them)."
+        description="EV stops used, short to long (the exposures were sorted by them),"
+        " relative to the shortest exposure: the first is 0."
     )
     attempts: int = Field(description="Deliveries to a worker so far.")
     created_at: datetime = Field(description="When the job was accepted (UTC).")

@@ -7,17 +7,19 @@ then the exposure metadata (form fields or EXIF), which decides the order the fr
 stored in: short to long, as the model wants them. Each failure is the ``ServiceError``
 whose status the HTTP contract names, with a message that names the field or file.
 
-EV conventions (documented in the OpenAPI form description too):
+EV convention (documented in the OpenAPI form description too): every source becomes EV
+stops relative to the shortest exposure, the convention of the official data (Kalantari's
+``exposure.txt`` holds ``0 2 4``; see ``service.exposures``). The model divides by
+``2**EV``, so ``-2,0,2`` and ``0,2,4`` would otherwise give different results; shifted, they
+are the same request, and absolute times (1/1000 s is EV -10) land where the model was
+trained:
 
-- ``exposure_values`` are EV stops as given (time = 2**EV; Kalantari's files hold
-  ``-2,0,2`` or ``0,2,4``: only the differences matter to a merge, and the model was
-  trained on such small numbers);
-- ``exposure_times`` (seconds) and EXIF give absolute times, whose log2 would be far from
-  anything the model saw (1/1000 s is EV -10), so they become EV stops relative to the
-  shortest exposure, Kalantari's convention: ``EV_i = log2(t_i / t_min)``;
-- from EXIF, the effective exposure is ``ExposureTime * ISO/100 / FNumber**2``, with the
+- ``exposure_values``: plain decimal EV stops, shifted so that the shortest is 0;
+- ``exposure_times`` (plain decimal seconds): ``EV_i = log2(t_i / t_min)``;
+- EXIF: the effective exposure is ``ExposureTime * ISO/100 / FNumber**2``, with the
   ISO and FNumber terms only when every frame records them and they differ between
-  frames (when equal they cancel out; when some frame lacks them nothing can be compared).
+  frames (when equal they cancel out; when some frame lacks them nothing can be compared),
+  then relative to the shortest as above.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from service.exposures import (
     check_exposure_values,
     ev_from_exposure_times,
     parse_exposure_values,
+    relative_to_shortest,
 )
 from service.imaging import EXPOSURE_COUNT, ImageInfo, check_bracket, probe
 
@@ -63,7 +66,7 @@ class Submission:
     infos: list[ImageInfo]
     names: list[str]
     evs: tuple[float, ...]
-    """EV stops, strictly increasing."""
+    """EV stops relative to the shortest exposure (the first is 0), strictly increasing."""
     source: str
     """Where the EVs came from: ``exposure_values``, ``exposure_times`` or ``exif``."""
 
@@ -110,11 +113,6 @@ def _fmt(values: Sequence[float]) -> str:
     return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
 
 
-def _relative_to_shortest(evs: Sequence[float]) -> tuple[float, ...]:
-    shortest = min(evs)
-    return tuple(ev - shortest for ev in evs)
-
-
 def _varying(values: Sequence[float | None]) -> list[float] | None:
     """``values`` when every frame records one and they are not all equal, else None."""
     known = [v for v in values if v is not None]
@@ -141,13 +139,13 @@ def _evs_from_exif(infos: Sequence[ImageInfo], names: Sequence[str]) -> tuple[fl
         evs = [ev - 2 * math.log2(f) for ev, f in zip(evs, apertures, strict=True)]
     if (gains := _varying(isos)) is not None:
         evs = [ev + math.log2(iso / 100) for ev, iso in zip(evs, gains, strict=True)]
-    return _relative_to_shortest(evs)
+    return relative_to_shortest(evs)
 
 
 def _exposure_values(
     form: JobCreate, infos: Sequence[ImageInfo], names: Sequence[str]
 ) -> tuple[tuple[float, ...], str]:
-    """EV stops in upload order and where they came from."""
+    """EV stops in upload order, relative to the shortest, and where they came from."""
     if form.exposure_values is not None and form.exposure_times is not None:
         raise InvalidExposureSet("give exposure_values or exposure_times, not both")
     if form.exposure_values is not None:
@@ -162,10 +160,8 @@ def _exposure_values(
             f"{source}: expected {len(infos)} values, one per exposure, got {len(values)}"
         )
     if source == "exposure_times":
-        return _relative_to_shortest(ev_from_exposure_times(values)), source
-    if not all(math.isfinite(v) for v in values):
-        raise InvalidExposureSet(f"{source}: values must be finite numbers, got {_fmt(values)}")
-    return values, source
+        return relative_to_shortest(ev_from_exposure_times(values)), source
+    return relative_to_shortest(values), source  # plain decimals, 200 characters: finite
 
 
 async def read_submission(form: JobCreate, settings: Settings) -> Submission:

@@ -14,12 +14,6 @@ from service.errors import InvalidExposureSet
 HELP = "reconstruct one exposure set offline"
 
 
-def _float_list(text: str) -> list[float]:
-    from service.exposures import parse_exposure_values
-
-    return list(parse_exposure_values(text, "--ev"))
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "scene",
@@ -35,7 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="three image files instead of a scene folder, short to long exposure",
     )
     parser.add_argument(
-        "--ev", type=_float_list, help="EV stops of --exposures, e.g. -2,0,2 (time = 2**EV)"
+        "--ev",
+        help="EV stops of --exposures, plain decimals, e.g. --ev=-2,0,2 (with '=' when the"
+        " first is negative); shifted so that the shortest is 0 as in the training data"
+        " (-2,0,2 and 0,2,4 give the same result)",
     )
     parser.add_argument(
         "--output",
@@ -55,14 +52,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_exposures(args: argparse.Namespace):
-    from service.exposures import load_exposure_files, load_scene_dir
+    """A scene's ``exposure.txt`` is used verbatim, as the official test code uses it;
+    ``--ev`` is shifted to the shortest exposure like every EV the API receives."""
+    from service.exposures import (
+        load_exposure_files,
+        load_scene_dir,
+        parse_exposure_values,
+        relative_to_shortest,
+    )
 
     if args.exposures:
         if args.scene is not None:
             raise InvalidExposureSet("give either a scene folder or --exposures, not both")
         if args.ev is None:
-            raise InvalidExposureSet("--exposures needs --ev with one EV per file, e.g. -2,0,2")
-        return load_exposure_files(args.exposures, args.ev)
+            raise InvalidExposureSet(
+                "--exposures needs --ev with one EV per file, e.g. --ev=-2,0,2"
+            )
+        evs = parse_exposure_values(args.ev, "--ev")
+        return load_exposure_files(args.exposures, relative_to_shortest(evs))
     if args.scene is None:
         raise InvalidExposureSet("give a scene folder or --exposures SHORT MID LONG --ev ...")
     if args.ev is not None:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from service.errors import InvalidExposureSet, ServiceError, UnsupportedImage
-from service.exposures import EXPOSURES, ExposureSet, load_exposure_files, parse_exposure_values
+from service.exposures import EXPOSURES, ExposureSet, load_exposure_files, parse_exposure_file
 from service.imaging import decode_exr, decode_radiance
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ def _read_evs(scene: Path, layout: Layout) -> tuple[float, ...]:
             f"scene {scene.name}: cannot read {layout.exposure_file}: {exc}"
         ) from exc
     try:
-        return parse_exposure_values(text, f"scene {scene.name}: {layout.exposure_file}")
+        return parse_exposure_file(text, f"scene {scene.name}: {layout.exposure_file}")
     except InvalidExposureSet as exc:
         raise InvalidDataset(exc.message) from exc
 

@@ -1,8 +1,10 @@
 """The job routes over real HTTP with a real worker: submit, poll, download, cancel, sync.
 
 The golden case runs on the golden checkpoint (one 128-pixel tile covers its 100x72
-frame, so the tiled pipeline equals the official full-frame forward). Other tests use the
-reference test engine, which costs nothing, or its slow variant.
+frame, so the tiled pipeline equals the official full-frame forward). The API shifts EVs
+to the shortest exposure, so its reference is the model on (0, 2, 4), not the official
+output for the golden file's unshifted (-2, 0, 2). Other tests use the reference test
+engine, which costs nothing, or its slow variant.
 """
 
 from __future__ import annotations
@@ -19,11 +21,18 @@ from PIL import Image
 from service.config import Settings
 from service.imaging import decode_exr, decode_radiance
 from service.worker.models import ModelSet
-from tests.factories import GOLDEN_SEED0, bracket_uploads, exposure_files, golden_uploads
+from tests.factories import (
+    GOLDEN_SEED0,
+    bracket_uploads,
+    exposure_files,
+    golden_output,
+    golden_uploads,
+)
 from tests.worker.engines import ReferenceEngine, served
 from tests.worker.harness import api_server, wait_for, worker_thread
 
-EXPECTED = np.load(GOLDEN_SEED0 / "model_output.npy")[0].transpose(1, 2, 0)
+#: The official output for the golden exposure.txt as written: EVs -2, 0, 2 unshifted.
+OFFICIAL_UNSHIFTED = np.load(GOLDEN_SEED0 / "model_output.npy")[0].transpose(1, 2, 0)
 
 
 @pytest.fixture
@@ -50,9 +59,10 @@ def reference_models(delay: float = 0.0) -> ModelSet:
     return ModelSet(served={"afunet": served("afunet", ReferenceEngine(delay))}, preferred="afunet")
 
 
-def test_golden_job_result_equals_the_official_output_in_every_format(
+def test_golden_job_result_equals_the_model_output_in_every_format(
     client: httpx.Client, service_settings: Settings, golden_models: ModelSet
 ) -> None:
+    expected = golden_output((0.0, 2.0, 4.0))
     with worker_thread(service_settings, golden_models):
         accepted = submit(client, golden_uploads(), exposure_values="-2,0,2")
         assert accepted["status"] == "queued"
@@ -68,19 +78,44 @@ def test_golden_job_result_equals_the_official_output_in_every_format(
 
         exr = client.get(result, params={"format": "exr", "dtype": "float32"})
         assert exr.headers["content-type"] == "image/x-exr"
-        assert np.abs(decode_exr(exr.content) - EXPECTED).max() <= 1e-4
+        assert np.abs(decode_exr(exr.content) - expected).max() <= 1e-4
 
         half = client.get(result, params={"format": "exr", "dtype": "float16"})
-        assert np.abs(decode_exr(half.content) - EXPECTED).max() <= 1e-3
+        assert np.abs(decode_exr(half.content) - expected).max() <= 1e-3
 
         hdr = client.get(result, params={"format": "hdr"})
         assert hdr.headers["content-type"] == "image/vnd.radiance"
-        assert np.allclose(decode_radiance(hdr.content), EXPECTED, rtol=0.02, atol=1e-4)
+        assert np.allclose(decode_radiance(hdr.content), expected, rtol=0.02, atol=1e-4)
 
         png = client.get(result, params={"format": "png"})
         assert png.headers["content-type"] == "image/png"
         with Image.open(io.BytesIO(png.content)) as image:
             assert image.format == "PNG" and image.size == (100, 72) and image.mode == "RGB"
+
+
+def test_shifted_evs_and_exposure_times_of_one_bracket_give_identical_results(
+    client: httpx.Client, service_settings: Settings, golden_models: ModelSet
+) -> None:
+    """-2,0,2 and 0,2,4 stops, and 0.25, 1, 4 seconds, are one request: the same bytes back."""
+    forms = (
+        {"exposure_values": "-2,0,2"},
+        {"exposure_values": "0,2,4"},
+        {"exposure_times": "0.25 1 4"},
+    )
+    with worker_thread(service_settings, golden_models):
+        jobs = [
+            wait_final(client, submit(client, golden_uploads(), **form)["id"]) for form in forms
+        ]
+
+    assert [job["status"] for job in jobs] == ["succeeded"] * 3, jobs
+    assert [job["exposure_values"] for job in jobs] == [[0.0, 2.0, 4.0]] * 3
+    params = {"format": "exr", "dtype": "float32"}
+    results = [client.get(job["result_url"], params=params).content for job in jobs]
+    assert results[0] == results[1] == results[2]
+    hdr = decode_exr(results[0])
+    assert np.abs(hdr - golden_output((0.0, 2.0, 4.0))).max() <= 1e-4
+    # Had -2,0,2 gone through unshifted, the result would be the official one for it.
+    assert np.abs(hdr - OFFICIAL_UNSHIFTED).max() > 0.1
 
 
 def test_exposures_in_any_order_are_sorted_by_exposure(
@@ -92,7 +127,7 @@ def test_exposures_in_any_order_are_sorted_by_exposure(
         ordered = wait_final(client, submit(client, uploads, exposure_values="-2,0,2")["id"])
         mixed = wait_final(client, submit(client, shuffled, exposure_values="2 -2 0")["id"])
 
-    assert ordered["exposure_values"] == mixed["exposure_values"] == [-2.0, 0.0, 2.0]
+    assert ordered["exposure_values"] == mixed["exposure_values"] == [0.0, 2.0, 4.0]
     first = client.get(ordered["result_url"]).content
     second = client.get(mixed["result_url"]).content
     assert np.array_equal(decode_exr(first), decode_exr(second))
