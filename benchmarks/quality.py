@@ -36,13 +36,13 @@ import numpy as np
 
 from service.config import Settings
 from service.engines.classical import ClassicalEngine
-from service.engines.pipeline import reconstruct
+from service.engines.pipeline import ModelPredictor, reconstruct
 from service.engines.registry import load_model
 from service.engines.tiling import TilePlan
 from service.exposures import ExposureSet
 from service.imaging import to_unit_float
 from service.quality.datasets import LabelledScene
-from service.quality.evaluation import EvaluationReport, ModelPredictor, Predictor, evaluate
+from service.quality.evaluation import EvaluationReport, Predictor, evaluate
 from service.quality.synth import make_scene, scene_name, scene_seed
 
 log = logging.getLogger("benchmarks.quality")

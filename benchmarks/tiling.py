@@ -27,12 +27,12 @@ from pathlib import Path
 import numpy as np
 
 from service.config import DEFAULT_TILE_BATCH, DEFAULT_TILE_OVERLAP, DEFAULT_TILE_SIZE
-from service.engines.parity import psnr_mu
 from service.engines.pipeline import reconstruct
 from service.engines.runtime import keep_freed_memory, peak_rss_bytes
 from service.engines.tiling import TilePlan
 from service.engines.torch_engine import TorchEngine
 from service.exposures import ExposureSet
+from service.quality.metrics import psnr_mu
 from service.quality.synth import make_scene
 
 GAP_TILES = ((64, 16), (128, 32), (192, 32), (256, 32), (320, 32), (384, 32))

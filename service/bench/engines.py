@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from service.engines.tiling import TilePlan
+from service.quality.metrics import psnr_mu
 
 BACKENDS = ("official-style", "torch", "onnxruntime", "tensorrt")
 MODIFIERS = ("compile", "graphs", "default-malloc", "tuned-malloc")
@@ -227,12 +228,6 @@ def _spawn(
     return Result(case, True, **values)
 
 
-def _psnr_mu(a: np.ndarray, b: np.ndarray) -> float:
-    from service.quality.metrics import mu_tonemap, psnr
-
-    return psnr(mu_tonemap(np.clip(a, 0, None)), mu_tonemap(np.clip(b, 0, None)))
-
-
 def _parse_size(text: str) -> tuple[int, int]:
     w, _, h = text.lower().partition("x")
     return int(h), int(w)
@@ -333,7 +328,7 @@ def run(args: argparse.Namespace) -> list[Result]:
                 )
                 if result.ok and ref_out is not None:
                     out = np.load(result.output)
-                    result.psnr_mu_db = _psnr_mu(out, ref_out)
+                    result.psnr_mu_db = psnr_mu(out, ref_out)
                     result.max_abs = float(np.abs(out - ref_out).max())
                 results.append(result)
                 print(_row(result, results), flush=True)

@@ -23,7 +23,7 @@ from service.quality.datasets import (
     find_scenes,
     load_scene,
 )
-from service.quality.metrics import Scores, mean_scores, mu_tonemap, psnr, score, ssim
+from service.quality.metrics import Scores, mean_scores, psnr, psnr_mu, score, ssim
 from service.quality.synth import SyntheticScene, generate_dataset, make_scene, write_scene
 
 __all__ = [
@@ -38,8 +38,8 @@ __all__ = [
     "load_scene",
     "make_scene",
     "mean_scores",
-    "mu_tonemap",
     "psnr",
+    "psnr_mu",
     "score",
     "ssim",
     "write_scene",

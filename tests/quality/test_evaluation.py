@@ -10,11 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from service.config import Settings
+from service.engines.pipeline import ModelPredictor
 from service.engines.registry import load_model
 from service.exposures import ExposureSet
 from service.quality.datasets import LAYOUTS, InvalidDataset, find_scenes, load_scene
 from service.quality.evaluation import (
-    ModelPredictor,
     SaveOptions,
     evaluate,
     pad_amount,
