@@ -43,8 +43,8 @@ import numpy as np
 import tifffile
 
 from service.config import Settings
+from service.engines.base import TileBatch
 from service.engines.registry import BACKENDS
-from service.model.preprocess import TileBatch
 from service.model_repo import ModelSpec
 from service.queue import Broker, Keys, connect
 

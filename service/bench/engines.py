@@ -95,7 +95,7 @@ class Result:
 
 def _engine(case: Case, checkpoint: Path, cache: Path) -> Any:
     from service.engines.torch_engine import TorchEngine, resolve_device
-    from service.model import load_afunet
+    from service.model.checkpoint import load_afunet
 
     mods = case.modifiers
     if case.name == "official-style":

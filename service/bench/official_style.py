@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from service.model import AFUNet
+from service.engines.base import TileBatch
 from service.model.layers import (
     AlignmentModule,
     CrossAttentionBlock,
@@ -28,7 +28,7 @@ from service.model.layers import (
     SelfAttentionBlock,
     WindowAttentionCore,
 )
-from service.model.preprocess import TileBatch
+from service.model.network import AFUNet
 from service.model.windows import SHIFT_MASK_VALUE
 
 

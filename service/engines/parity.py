@@ -16,8 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from service.engines.base import Engine
-from service.model.preprocess import TileBatch
+from service.engines.base import Engine, TileBatch
 from service.quality.metrics import psnr_mu
 from service.quality.synth import make_scene
 

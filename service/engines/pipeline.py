@@ -11,11 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.engines.base import Engine
+from service.engines.base import Engine, TileBatch
 from service.engines.registry import ServedModel
 from service.engines.tiling import TileBlender, TilePlan
 from service.exposures import ExposureSet
-from service.model.preprocess import TileBatch
 from service.quality.evaluation import pad_exposures
 
 #: Called after every engine call with (tiles done, tiles total); raising stops the run.

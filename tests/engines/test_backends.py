@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from service.config import Settings
+from service.engines.base import TileBatch
 from service.engines.cache import engine_dir
 from service.engines.onnx_export import INPUT_NAME, OUTPUT_NAME
 from service.engines.onnxruntime_engine import OnnxRuntimeEngine, ensure_onnx, onnx_path
@@ -19,8 +20,7 @@ from service.engines.registry import load_model, open_engine
 from service.engines.tensorrt_engine import PlanKey, TensorRTEngine
 from service.engines.torch_engine import TorchEngine, resolve_precision
 from service.errors import EngineUnavailable
-from service.model import load_afunet
-from service.model.preprocess import TileBatch
+from service.model.checkpoint import load_afunet
 from service.model_repo import model_spec
 from tests.factories import GOLDEN_CHECKPOINT
 

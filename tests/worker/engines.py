@@ -20,8 +20,8 @@ from typing import Final
 import numpy as np
 
 from service.config import Settings
+from service.engines.base import TileBatch
 from service.engines.registry import BACKENDS, ServedModel
-from service.model.preprocess import TileBatch
 from service.model_repo import ModelSpec
 
 #: Channels of the reference (middle) exposure's HDR estimate in the 18-channel input.
