@@ -19,7 +19,7 @@ started=$(date +%s)
 step() { echo "== $* ($(( $(date +%s) - started )) s)" | tee -a "$log"; }
 bench() {  # bench NAME ARGS...: one benchmark run, table into the log, rows into NAME.json
   local name=$1; shift
-  "$py" -m service.bench.engines --checkpoint "$ckpt" --device cuda --sizes 1500x1000 \
+  "$py" -m benchmarks.engines --checkpoint "$ckpt" --device cuda --sizes 1500x1000 \
     --runs 5 --warmup 2 --json "$out/$name.json" "$@" 2>&1 | grep -v " INFO " | tee -a "$log"
 }
 

@@ -18,7 +18,7 @@ scores, with the field's metrics (``service.quality.metrics``), on the same scen
 Prints a Markdown table (what README.md shows) and, with ``--min-gain DB``, exits 1 when
 classical does not beat both MergeDebevec and the reference frame by that much PSNR-mu.
 
-    python benchmarks/quality.py --scenes 24 --size 768x512 --seed 0 --min-gain 5
+    python -m benchmarks.quality --scenes 24 --size 768x512 --seed 0 --min-gain 5
 
 Needs OpenCV (``pip install -e .[dev]`` brings opencv-python-headless).
 """

@@ -18,7 +18,7 @@ Two figures:
 Usage (Redis from HDR_REDIS_URL, default redis://127.0.0.1:6379/15; keys under a fresh
 prefix, deleted afterwards)::
 
-    python benchmarks/queue_throughput.py --jobs 200 --workers 1 2
+    python -m benchmarks.queue_throughput --jobs 200 --workers 1 2
 """
 
 from __future__ import annotations
