@@ -19,7 +19,7 @@ started=$(date +%s)
 step() { echo "== $* ($(( $(date +%s) - started )) s)" | tee -a "$log"; }
 bench() {  # bench NAME ARGS...: one benchmark run, table into the log, rows into NAME.json
   local name=$1; shift
-  "$py" -m service.bench.engines --checkpoint "$ckpt" --device cuda --sizes 1500x1000 \
+  "$py" -m benchmarks.engines --checkpoint "$ckpt" --device cuda --sizes 1500x1000 \
     --runs 5 --warmup 2 --json "$out/$name.json" "$@" 2>&1 | grep -v " INFO " | tee -a "$log"
 }
 
@@ -38,8 +38,8 @@ import sys, numpy as np, torch
 from service.engines.parity import parity_db, probe_inputs
 from service.engines.torch_engine import TorchEngine
 from service.exposures import load_scene_dir
-from service.model import load_afunet
-from service.model.preprocess import TileBatch
+from service.model.checkpoint import load_afunet
+from service.engines.base import TileBatch
 ckpt, golden = sys.argv[1], sys.argv[2]
 scene = load_scene_dir(f"{golden}/afunet-seed0")
 inputs = {"golden 100x72": [TileBatch(scene.raw_crop(0, 0, scene.height, scene.width)[None], scene.evs)],
@@ -56,7 +56,7 @@ timeout 90 "$py" - "$ckpt" <<'PY' > "$out/profile.txt" 2>&1
 import sys, torch
 from service.engines.parity import probe_inputs
 from service.engines.torch_engine import TorchEngine
-from service.model import load_afunet
+from service.model.checkpoint import load_afunet
 from torch.profiler import ProfilerActivity, profile
 batch = probe_inputs(1000, 1500, seeds=(3,))[0]
 for precision in ("bf16", "fp32"):

@@ -18,7 +18,7 @@ scores, with the field's metrics (``service.quality.metrics``), on the same scen
 Prints a Markdown table (what README.md shows) and, with ``--min-gain DB``, exits 1 when
 classical does not beat both MergeDebevec and the reference frame by that much PSNR-mu.
 
-    python benchmarks/quality.py --scenes 24 --size 768x512 --seed 0 --min-gain 5
+    python -m benchmarks.quality --scenes 24 --size 768x512 --seed 0 --min-gain 5
 
 Needs OpenCV (``pip install -e .[dev]`` brings opencv-python-headless).
 """
@@ -36,13 +36,13 @@ import numpy as np
 
 from service.config import Settings
 from service.engines.classical import ClassicalEngine
-from service.engines.pipeline import reconstruct
+from service.engines.pipeline import ModelPredictor, reconstruct
 from service.engines.registry import load_model
 from service.engines.tiling import TilePlan
 from service.exposures import ExposureSet
 from service.imaging import to_unit_float
 from service.quality.datasets import LabelledScene
-from service.quality.evaluation import EvaluationReport, ModelPredictor, Predictor, evaluate
+from service.quality.evaluation import EvaluationReport, Predictor, evaluate
 from service.quality.synth import make_scene, scene_name, scene_seed
 
 log = logging.getLogger("benchmarks.quality")

@@ -18,7 +18,7 @@ Two figures:
 Usage (Redis from HDR_REDIS_URL, default redis://127.0.0.1:6379/15; keys under a fresh
 prefix, deleted afterwards)::
 
-    python benchmarks/queue_throughput.py --jobs 200 --workers 1 2
+    python -m benchmarks.queue_throughput --jobs 200 --workers 1 2
 """
 
 from __future__ import annotations
@@ -43,8 +43,8 @@ import numpy as np
 import tifffile
 
 from service.config import Settings
+from service.engines.base import TileBatch
 from service.engines.registry import BACKENDS
-from service.model.preprocess import TileBatch
 from service.model_repo import ModelSpec
 from service.queue import Broker, Keys, connect
 

@@ -16,7 +16,7 @@ the result, and the download.
 
 Usage (Redis from HDR_REDIS_URL, default redis://127.0.0.1:6379/15)::
 
-    python benchmarks/service_latency.py --runs 5
+    python -m benchmarks.service_latency --runs 5
 """
 
 from __future__ import annotations
@@ -32,8 +32,7 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from queue_throughput import (  # a sibling script, not a package
+from benchmarks.queue_throughput import (
     DEFAULT_REDIS,
     REPO,
     bracket,

@@ -10,15 +10,14 @@ Two measurements, printed as tables:
   tile plan, each size in a fresh process (so the peak is its own), next to the memory the
   process holds before inference (interpreter, torch, model, the decoded frames).
 
-    python benchmarks/tiling.py --checkpoint CKPT --gap
-    python benchmarks/tiling.py --checkpoint CKPT --rss 2048x2048 4000x3000
+    python -m benchmarks.tiling --checkpoint CKPT --gap
+    python -m benchmarks.tiling --checkpoint CKPT --rss 2048x2048 4000x3000
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,13 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.child import run_in_child
 from service.config import DEFAULT_TILE_BATCH, DEFAULT_TILE_OVERLAP, DEFAULT_TILE_SIZE
-from service.engines.parity import psnr_mu
 from service.engines.pipeline import reconstruct
 from service.engines.runtime import keep_freed_memory, peak_rss_bytes
 from service.engines.tiling import TilePlan
 from service.engines.torch_engine import TorchEngine
 from service.exposures import ExposureSet
+from service.quality.metrics import psnr_mu
 from service.quality.synth import make_scene
 
 GAP_TILES = ((64, 16), (128, 32), (192, 32), (256, 32), (320, 32), (384, 32))
@@ -83,7 +83,8 @@ def gap(checkpoint: Path, size: int, seed: int, batch: int) -> list[dict]:
     return rows
 
 
-def _rss_child(checkpoint: Path, frames: Path) -> dict:
+def rss_child(checkpoint: str, frames: str) -> dict:
+    """One frame through the default plan; runs in a fresh process (its peak is its own)."""
     keep_freed_memory()
     data = np.load(frames)
     exposures = ExposureSet(
@@ -124,13 +125,11 @@ def rss(checkpoint: Path, sizes: list[str], seed: int) -> list[dict]:
                 evs=np.array(exposures.evs),
             )
             del exposures
-            done = subprocess.run(
-                [sys.executable, __file__, "--child", str(checkpoint), str(frames)],
-                capture_output=True,
-                text=True,
-                check=True,
+            measured = run_in_child(
+                "benchmarks.tiling:rss_child",
+                {"checkpoint": str(checkpoint), "frames": str(frames)},
             )
-            row = {"frame": text, **json.loads(done.stdout.strip().splitlines()[-1])}
+            row = {"frame": text, **measured}
             rows.append(row)
             print(
                 f"{text:>10} {row['tiles']:>6} {row['seconds']:8.1f} "
@@ -141,9 +140,6 @@ def rss(checkpoint: Path, sizes: list[str], seed: int) -> list[dict]:
 
 
 def main() -> int:
-    if sys.argv[1:2] == ["--child"]:
-        print(json.dumps(_rss_child(Path(sys.argv[2]), Path(sys.argv[3]))))
-        return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--gap", action="store_true", help="tiled-vs-full table at --size")

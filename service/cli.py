@@ -27,7 +27,6 @@ COMMANDS: dict[str, str] = {
     "worker": "worker",
     "serve": "serve",
     "export": "export",
-    "bench": "bench",
     "evaluate": "evaluate",
     "synth": "synth",
 }

@@ -4,6 +4,11 @@ Every error a user can cause is a ``ServiceError`` subclass carrying a stable ma
 and the HTTP status the API maps it to, so the CLI, the worker and the API report the same
 problem in the same words. Only the API's single exception handler turns these into HTTP
 responses; nothing below ``api/`` knows about HTTP beyond the status number stored here.
+
+``retryable`` says whether the same request, sent again unchanged, may succeed: a fault
+of this process, a missing resource or a busy queue may pass; bad input never does. The
+worker fails a job at once and for good on a non-retryable error and retries the rest,
+so each subclass decides here, once, instead of in a list kept by the worker.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ class ServiceError(Exception):
 
     code: str = "internal_error"
     http_status: int = 500
+    retryable: bool = True
+    """May trying again unchanged succeed? (An unknown fault: assume it may.)"""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -25,6 +32,7 @@ class BadRequest(ServiceError):
 
     code = "bad_request"
     http_status = 400
+    retryable = False
 
 
 class InvalidExposureSet(ServiceError):
@@ -32,6 +40,7 @@ class InvalidExposureSet(ServiceError):
 
     code = "invalid_exposure_set"
     http_status = 422
+    retryable = False
 
 
 class UnsupportedImage(ServiceError):
@@ -39,6 +48,7 @@ class UnsupportedImage(ServiceError):
 
     code = "unsupported_image"
     http_status = 415
+    retryable = False
 
 
 class ImageTooLarge(ServiceError):
@@ -46,6 +56,7 @@ class ImageTooLarge(ServiceError):
 
     code = "image_too_large"
     http_status = 413
+    retryable = False
 
 
 class CheckpointError(ServiceError):
@@ -53,6 +64,7 @@ class CheckpointError(ServiceError):
 
     code = "checkpoint_invalid"
     http_status = 500
+    retryable = True  # the job is not at fault: another worker may hold readable weights
 
 
 class CheckpointMismatch(CheckpointError):
@@ -66,6 +78,7 @@ class EngineUnavailable(ServiceError):
 
     code = "engine_unavailable"
     http_status = 503
+    retryable = True  # another worker or device may run it
 
 
 class EngineFault(ServiceError):
@@ -73,6 +86,7 @@ class EngineFault(ServiceError):
 
     code = "engine_fault"
     http_status = 500
+    retryable = True  # a restarted worker gets a fresh device context
 
 
 class JobNotFound(ServiceError):
@@ -80,6 +94,7 @@ class JobNotFound(ServiceError):
 
     code = "not_found"
     http_status = 404
+    retryable = False
 
 
 class JobNotFinished(ServiceError):
@@ -87,6 +102,7 @@ class JobNotFinished(ServiceError):
 
     code = "not_finished"
     http_status = 409
+    retryable = True  # the same request succeeds once the job has
 
 
 class QueueFull(ServiceError):
@@ -94,6 +110,7 @@ class QueueFull(ServiceError):
 
     code = "queue_full"
     http_status = 429
+    retryable = True
 
     def __init__(self, message: str, retry_after: int = 5) -> None:
         super().__init__(message)

@@ -123,7 +123,7 @@ def unit_frames(exposures) -> list[np.ndarray]:
 
 def whole_input(exposures) -> np.ndarray:
     """The ``(1, 18, H, W)`` model input of a whole exposure set (one tile)."""
-    from service.model.preprocess import TileBatch
+    from service.engines.base import TileBatch
 
     crop = exposures.raw_crop(0, 0, exposures.height, exposures.width)
     return TileBatch(crop[None], exposures.evs).model_input()
@@ -131,7 +131,7 @@ def whole_input(exposures) -> np.ndarray:
 
 def tile_batch(exposures):
     """The whole exposure set as a one-tile engine batch."""
-    from service.model.preprocess import TileBatch
+    from service.engines.base import TileBatch
 
     crop = exposures.raw_crop(0, 0, exposures.height, exposures.width)
     return TileBatch(crop[None], exposures.evs)

@@ -34,3 +34,13 @@ def test_quick_start_commands_exist_in_the_makefile() -> None:
         assert re.search(rf"^{target}:", makefile, re.MULTILINE)
     assert "pytest" in makefile
     assert "make test" in (REPO / ".ci" / "run").read_text()
+
+
+def test_every_benchmark_the_readme_names_exists() -> None:
+    modules = set(re.findall(r"python -m benchmarks\.(\w+)", README))
+    paths = set(re.findall(r"`(benchmarks/[\w/]+\.\w+)", README))
+    assert {"engines", "tiling", "quality"} <= modules
+    for name in modules:
+        assert (REPO / "benchmarks" / f"{name}.py").is_file(), f"benchmarks.{name}"
+    for path in paths:
+        assert (REPO / path).is_file(), path

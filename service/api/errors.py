@@ -50,6 +50,7 @@ class NotAuthenticated(ServiceError):
 
     code = "not_authenticated"
     http_status = 401
+    retryable = False
 
 
 class Forbidden(ServiceError):
@@ -57,6 +58,7 @@ class Forbidden(ServiceError):
 
     code = "forbidden"
     http_status = 403
+    retryable = False
 
 
 class RequestTooLarge(ServiceError):
@@ -64,6 +66,7 @@ class RequestTooLarge(ServiceError):
 
     code = "request_too_large"
     http_status = 413
+    retryable = False
 
 
 class ModelUnavailable(ServiceError):
@@ -71,6 +74,7 @@ class ModelUnavailable(ServiceError):
 
     code = "model_unavailable"
     http_status = 422
+    retryable = False
 
 
 class NoResult(ServiceError):
@@ -78,6 +82,7 @@ class NoResult(ServiceError):
 
     code = "no_result"
     http_status = 409
+    retryable = False
 
 
 class NotCancellable(ServiceError):
@@ -85,6 +90,7 @@ class NotCancellable(ServiceError):
 
     code = "not_cancellable"
     http_status = 409
+    retryable = False
 
 
 class Unavailable(ServiceError):
@@ -92,6 +98,7 @@ class Unavailable(ServiceError):
 
     code = "unavailable"
     http_status = 503
+    retryable = True
 
     def __init__(self, message: str, retry_after: int = UNAVAILABLE_RETRY_AFTER_SECONDS) -> None:
         super().__init__(message)

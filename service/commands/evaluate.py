@@ -90,8 +90,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from tqdm import tqdm
 
+    from service.engines.pipeline import ModelPredictor
     from service.quality.datasets import LAYOUTS, InvalidDataset, find_scenes
-    from service.quality.evaluation import ModelPredictor, SaveOptions, evaluate
+    from service.quality.evaluation import SaveOptions, evaluate
 
     if args.pad_to < 0:
         raise InvalidDataset(f"--pad-to must be 0 (off) or positive, got {args.pad_to}")

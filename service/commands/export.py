@@ -57,7 +57,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.format == "onnx":
         if args.output:
             from service.engines.onnx_export import export_onnx
-            from service.model import load_afunet
+            from service.model.checkpoint import load_afunet
 
             path = export_onnx(load_afunet(spec.weights), args.output, tile_h, tile_w, precision)
         else:

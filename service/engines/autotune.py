@@ -16,8 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from service.engines.base import Engine
-from service.model.preprocess import TileBatch
+from service.engines.base import Engine, TileBatch
 
 log = logging.getLogger(__name__)
 

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.model.preprocess import TileBatch
+from service.engines.base import TileBatch
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from service.model import AFUNet
+from service.model.network import AFUNet
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from service.engines.base import TileBatch
 from service.engines.cache import safe_name, weights_digest
 from service.engines.onnx_export import INPUT_NAME, OPSETS, OUTPUT_NAME, export_onnx
 from service.errors import EngineUnavailable
-from service.model.preprocess import TileBatch
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def ensure_onnx(
     """Export the ONNX file for this shape and precision unless a matching one is cached."""
     path = onnx_path(cache, weights, tile_h, tile_w, precision)
     if not path.is_file():
-        from service.model import load_afunet
+        from service.model.checkpoint import load_afunet
 
         export_onnx(load_afunet(weights), path, tile_h, tile_w, precision)
     return path

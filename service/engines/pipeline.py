@@ -1,15 +1,21 @@
-"""Exposure set in, HDR frame out: preprocessing, tiling, batched engine calls, blending."""
+"""Exposure set in, HDR frame out: preprocessing, tiling, batched engine calls, blending.
+
+:func:`reconstruct` is what the worker runs; :class:`ModelPredictor` wraps a served model
+as the ``Predictor`` that ``service.quality.evaluation`` scores.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
-from service.engines.base import Engine
+from service.engines.base import Engine, TileBatch
+from service.engines.registry import ServedModel
 from service.engines.tiling import TileBlender, TilePlan
 from service.exposures import ExposureSet
-from service.model.preprocess import TileBatch
+from service.quality.evaluation import pad_exposures
 
 #: Called after every engine call with (tiles done, tiles total); raising stops the run.
 ProgressCallback = Callable[[int, int], None]
@@ -44,3 +50,50 @@ def reconstruct(
         if on_progress is not None:
             on_progress(done, len(plan))
     return blender.result()
+
+
+@dataclass
+class ModelPredictor:
+    """A served model as a ``Predictor``: tiles, batches, optional official padding."""
+
+    served: ServedModel
+    tile_size: int | None = None
+    """Tile edge; ``None``: the model's own, ``0``: the whole frame at once."""
+    tile_overlap: int | None = None
+    """Overlap between tiles; ``None``: the model's own."""
+    tile_batch: int | None = None
+    """Tiles per engine call; ``None``: the model's own."""
+    pad_to: int = 0
+    """Reflect-pad frames to a multiple of this first (the official test: 128)."""
+    on_progress: ProgressCallback | None = None
+
+    def _geometry(self) -> tuple[int | None, int, int]:
+        size = self.served.tile_size if self.tile_size is None else self.tile_size
+        overlap = self.served.tile_overlap if self.tile_overlap is None else self.tile_overlap
+        return (size or None), (overlap if size else 0), (self.tile_batch or self.served.tile_batch)
+
+    def describe(self) -> dict[str, object]:
+        """How frames are run: tile size (None: whole frames), overlap, batch, padding."""
+        size, overlap, batch = self._geometry()
+        return {
+            "tile_size": size,
+            "tile_overlap": overlap,
+            "tile_batch": batch,
+            "pad_to": self.pad_to,
+        }
+
+    def plan(self, height: int, width: int) -> TilePlan:
+        """The tile plan for a (padded) frame of this size."""
+        size, overlap, _ = self._geometry()
+        return TilePlan.build(height, width, size, overlap)
+
+    def __call__(self, exposures: ExposureSet) -> np.ndarray:
+        padded = pad_exposures(exposures, self.pad_to)
+        hdr = reconstruct(
+            self.served.engine,
+            padded,
+            self.plan(padded.height, padded.width),
+            self._geometry()[2],
+            self.on_progress,
+        )
+        return hdr[: exposures.height, : exposures.width]

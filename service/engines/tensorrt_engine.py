@@ -27,11 +27,12 @@ from typing import Any
 
 import numpy as np
 
+from service.engines.base import TileBatch
 from service.engines.cache import safe_name, weights_digest, write_atomic
 from service.engines.onnx_export import INPUT_NAME, OUTPUT_NAME
 from service.engines.onnxruntime_engine import ensure_onnx
 from service.errors import EngineFault, EngineUnavailable
-from service.model.preprocess import TileBatch, build_model_input_torch
+from service.model.preprocess import build_model_input_torch
 
 log = logging.getLogger(__name__)
 

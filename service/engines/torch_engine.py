@@ -18,9 +18,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from service.engines.base import TileBatch
 from service.errors import EngineUnavailable
-from service.model import AFUNet, load_afunet
-from service.model.preprocess import TileBatch, build_model_input_torch
+from service.model.checkpoint import load_afunet
+from service.model.network import AFUNet
+from service.model.preprocess import build_model_input_torch
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,9 @@
 """Mu-law tone mapping: the field's standard way to look at (and score) linear HDR images.
 
 PSNR-mu and SSIM-mu, the metrics HDR deghosting papers report, are computed on
-``mu_law`` of images clipped to [0, 1] with mu = 5000; the preview PNG uses the same
-curve, so what a user sees is what the metrics measure.
+``mu_law`` of images with mu = 5000; the preview PNG uses the same curve, so what a user
+sees is what the metrics measure. This is the one implementation of the curve: the
+metrics (``service.quality.metrics``, in float64) and the preview (float32) both call it.
 """
 
 from __future__ import annotations
@@ -15,10 +16,15 @@ from PIL import Image
 MU = 5000.0
 
 
-def mu_law(hdr: np.ndarray, mu: float = MU) -> np.ndarray:
-    """``log(1 + mu * x) / log(1 + mu)``, as float32 (the input is not clipped here)."""
-    x = np.asarray(hdr, dtype=np.float32)
-    return (np.log1p(np.float32(mu) * x) / np.float32(np.log1p(mu))).astype(np.float32)
+def mu_law(hdr: np.ndarray, mu: float = MU, dtype: type[np.floating] = np.float32) -> np.ndarray:
+    """``log(1 + mu * x) / log(1 + mu)``, computed and returned in ``dtype``.
+
+    float32 is enough for a picture; the metrics ask for float64 so that their scores
+    agree with scikit-image to rounding. The input is not clipped here: callers decide
+    what negatives and values above 1 mean.
+    """
+    x = np.asarray(hdr, dtype=dtype)
+    return np.asarray(np.log1p(dtype(mu) * x) / dtype(np.log1p(mu)), dtype=dtype)
 
 
 def preview_png(hdr: np.ndarray, mu: float = MU) -> bytes:

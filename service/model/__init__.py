@@ -1,13 +1,6 @@
-"""AFUNet in PyTorch: the network, checkpoint loading and the official preprocessing."""
+"""AFUNet in PyTorch: the network, checkpoint loading and the official preprocessing.
 
-from service.model.checkpoint import load_afunet, read_state_dict
-from service.model.network import AFUNet, AFUNetConfig
-from service.model.preprocess import build_model_input
-
-__all__ = [
-    "AFUNet",
-    "AFUNetConfig",
-    "build_model_input",
-    "load_afunet",
-    "read_state_dict",
-]
+Import from the modules themselves (``service.model.network``, ``.checkpoint``,
+``.preprocess``): this package re-exports nothing, so that importing the numpy
+preprocessing (which the torch-free classical engine uses) does not import torch.
+"""

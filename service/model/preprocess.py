@@ -6,17 +6,22 @@ the three are concatenated in order. ``ldr`` is the unit-range float image
 (``uint16 / 2**16`` for the official 16-bit data). The arithmetic follows the official
 numpy pipeline step for step (float32 power, float64 division, float32 result) so that our
 tensor equals the official one to the last bit or so.
+
+The module imports torch only inside :func:`build_model_input_torch`, so the numpy path
+(and with it the weight-free classical engine) runs where torch is not installed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from service.errors import InvalidExposureSet
+
+if TYPE_CHECKING:
+    import torch
 
 GAMMA = 2.2
 EXPOSURES = 3
@@ -50,48 +55,15 @@ def build_model_input(ldrs: Sequence[np.ndarray], evs: Sequence[float]) -> np.nd
     return np.ascontiguousarray(stacked)[None]
 
 
-@dataclass(frozen=True)
-class TileBatch:
-    """What every engine receives: the raw crops of a batch of tiles and their EV stops.
+def build_model_input_raw(frames: np.ndarray, evs: Sequence[float]) -> np.ndarray:
+    """``build_model_input`` of stored frames: ``(B, 3, h, w, 3)`` uint16 -> ``(B, 18, h, w)``.
 
-    The frames stay as stored 16-bit values (8-bit frames widened by 257, which maps to
-    the same unit floats as ``imaging.to_unit_float``), 18 bytes per pixel instead of the
-    72 of the float32 model input, so an engine on a GPU can ship them over and build the
-    input there (``TorchEngine`` does); others call ``model_input()``.
+    The frames are as stored (``uint16 / 2**16`` is the unit float, exactly); each tile
+    goes through the official numpy arithmetic. :func:`build_model_input_torch` is the
+    same on a device.
     """
-
-    frames: np.ndarray
-    """``(B, 3, h, w, 3)`` uint16: exposures short to long, RGB last."""
-    evs: tuple[float, ...]
-
-    def __post_init__(self) -> None:
-        if self.frames.ndim != 5 or self.frames.shape[1:2] + self.frames.shape[4:] != (3, 3):
-            raise ValueError(f"expected (B, 3, h, w, 3) frames, got {self.frames.shape}")
-        if self.frames.dtype != np.uint16:
-            raise ValueError(f"expected uint16 frames, got {self.frames.dtype}")
-
-    @property
-    def size(self) -> int:
-        return int(self.frames.shape[0])
-
-    @property
-    def height(self) -> int:
-        return int(self.frames.shape[2])
-
-    @property
-    def width(self) -> int:
-        return int(self.frames.shape[3])
-
-    @classmethod
-    def blank(cls, batch: int, height: int, width: int) -> TileBatch:
-        """A mid-grey batch for warm-ups (the shape is what matters)."""
-        frames = np.full((batch, EXPOSURES, height, width, 3), 1 << 15, dtype=np.uint16)
-        return cls(frames, (0.0, 2.0, 4.0))
-
-    def model_input(self) -> np.ndarray:
-        """``(B, 18, h, w)`` float32: the official preprocessing of every tile."""
-        unit = (self.frames.astype(np.float64) / _UNIT).astype(np.float32)
-        return np.concatenate([build_model_input(list(tile), self.evs) for tile in unit], axis=0)
+    unit = (frames.astype(np.float64) / _UNIT).astype(np.float32)
+    return np.concatenate([build_model_input(list(tile), evs) for tile in unit], axis=0)
 
 
 def build_model_input_torch(frames: torch.Tensor, evs: Sequence[float]) -> torch.Tensor:
@@ -101,6 +73,8 @@ def build_model_input_torch(frames: torch.Tensor, evs: Sequence[float]) -> torch
     code; only the final division rounds once in float32 instead of via float64, a
     difference of at most one unit in the last place.
     """
+    import torch
+
     ldr = frames.to(torch.float32) / _UNIT  # (B, 3, h, w, 3)
     times = torch.tensor(
         [2.0**ev + _EPS for ev in evs], dtype=torch.float32, device=frames.device

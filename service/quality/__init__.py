@@ -7,12 +7,13 @@
   (:func:`generate_dataset`).
 - :mod:`~service.quality.datasets`: the Kalantari, Hu and Tel layouts and scene loading
   whose errors name the scene.
-- :mod:`~service.quality.evaluation`: reconstruct and score a test set scene by scene
-  (:func:`evaluate`), with the official padding protocol available.
+- :mod:`~service.quality.evaluation`: score any predictor on a test set scene by scene
+  (:func:`evaluate`), with the official padding protocol available; a served model
+  becomes a predictor through ``service.engines.pipeline.ModelPredictor``.
 
-The package's own import stays light (numpy, no torch): metrics, synthetic scenes and
-datasets are re-exported here; ``service.quality.evaluation`` runs engines, and imports
-the engine pipeline, so import it by name where needed.
+The whole package is light (numpy, no torch) and imports no engine: ``engines`` imports
+``quality`` (the fp16 parity check scores with its metric on its synthetic scenes), never
+the other way round. Metrics, synthetic scenes and datasets are re-exported here.
 """
 
 from service.quality.datasets import (
@@ -23,7 +24,7 @@ from service.quality.datasets import (
     find_scenes,
     load_scene,
 )
-from service.quality.metrics import Scores, mean_scores, mu_tonemap, psnr, score, ssim
+from service.quality.metrics import Scores, mean_scores, psnr, psnr_mu, score, ssim
 from service.quality.synth import SyntheticScene, generate_dataset, make_scene, write_scene
 
 __all__ = [
@@ -38,8 +39,8 @@ __all__ = [
     "load_scene",
     "make_scene",
     "mean_scores",
-    "mu_tonemap",
     "psnr",
+    "psnr_mu",
     "score",
     "ssim",
     "write_scene",

@@ -41,6 +41,7 @@ class InvalidDataset(ServiceError):
 
     code = "invalid_dataset"
     http_status = 422
+    retryable = False
 
 
 @dataclass(frozen=True)

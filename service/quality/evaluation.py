@@ -9,6 +9,11 @@ Padding: the official test reflect-pads every input to a multiple of 128 pixels,
 whole frame through the network at once and crops the output back. ``pad_to=128`` with
 whole-frame inference (``tile_size=0``) reproduces that exactly; the service's default
 (no padding, the model's tiles) scores what the service actually serves.
+
+Anything that maps an exposure set to an HDR image is a :data:`Predictor`; a served model
+becomes one through ``service.engines.pipeline.ModelPredictor``. This module runs no
+engine itself, so ``engines`` may import ``quality`` (the parity check scores with its
+metrics on its synthetic scenes) and never the other way round.
 """
 
 from __future__ import annotations
@@ -24,9 +29,6 @@ from pathlib import Path
 
 import numpy as np
 
-from service.engines.pipeline import ProgressCallback, reconstruct
-from service.engines.registry import ServedModel
-from service.engines.tiling import TilePlan
 from service.errors import ImageTooLarge, InvalidExposureSet, UnsupportedImage
 from service.exposures import ExposureSet
 from service.imaging import write_result
@@ -66,53 +68,6 @@ def pad_exposures(exposures: ExposureSet, multiple: int) -> ExposureSet:
         for frame in exposures.frames
     )
     return ExposureSet(frames, exposures.evs, exposures.names)
-
-
-@dataclass
-class ModelPredictor:
-    """A served model as a :data:`Predictor`: tiles, batches, optional official padding."""
-
-    served: ServedModel
-    tile_size: int | None = None
-    """Tile edge; ``None``: the model's own, ``0``: the whole frame at once."""
-    tile_overlap: int | None = None
-    """Overlap between tiles; ``None``: the model's own."""
-    tile_batch: int | None = None
-    """Tiles per engine call; ``None``: the model's own."""
-    pad_to: int = 0
-    """Reflect-pad frames to a multiple of this first (the official test: 128)."""
-    on_progress: ProgressCallback | None = None
-
-    def _geometry(self) -> tuple[int | None, int, int]:
-        size = self.served.tile_size if self.tile_size is None else self.tile_size
-        overlap = self.served.tile_overlap if self.tile_overlap is None else self.tile_overlap
-        return (size or None), (overlap if size else 0), (self.tile_batch or self.served.tile_batch)
-
-    def describe(self) -> dict[str, object]:
-        """How frames are run: tile size (None: whole frames), overlap, batch, padding."""
-        size, overlap, batch = self._geometry()
-        return {
-            "tile_size": size,
-            "tile_overlap": overlap,
-            "tile_batch": batch,
-            "pad_to": self.pad_to,
-        }
-
-    def plan(self, height: int, width: int) -> TilePlan:
-        """The tile plan for a (padded) frame of this size."""
-        size, overlap, _ = self._geometry()
-        return TilePlan.build(height, width, size, overlap)
-
-    def __call__(self, exposures: ExposureSet) -> np.ndarray:
-        padded = pad_exposures(exposures, self.pad_to)
-        hdr = reconstruct(
-            self.served.engine,
-            padded,
-            self.plan(padded.height, padded.width),
-            self._geometry()[2],
-            self.on_progress,
-        )
-        return hdr[: exposures.height, : exposures.width]
 
 
 @dataclass(frozen=True)

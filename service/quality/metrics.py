@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from service.imaging.tonemap import MU
+from service.imaging.tonemap import mu_law
 
 #: SSIM window: 11 taps, sigma 1.5 (the window of Wang et al. 2004 and of the field).
 SSIM_WINDOW = 11
@@ -55,10 +55,9 @@ def _as_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x, y
 
 
-def mu_tonemap(hdr: np.ndarray, mu: float = MU) -> np.ndarray:
-    """``log(1 + mu x) / log(1 + mu)`` in float64; negative values count as 0."""
-    x = np.maximum(np.asarray(hdr, dtype=np.float64), 0.0)
-    return np.log1p(mu * x) / math.log1p(mu)
+def _tonemapped(hdr: np.ndarray) -> np.ndarray:
+    """The mu-law image the ``-mu`` scores compare, in float64; negatives count as 0."""
+    return mu_law(np.maximum(hdr, 0.0), dtype=np.float64)
 
 
 def psnr(prediction: np.ndarray, label: np.ndarray, data_range: float = 1.0) -> float:
@@ -68,6 +67,16 @@ def psnr(prediction: np.ndarray, label: np.ndarray, data_range: float = 1.0) -> 
     if mse == 0.0:
         return math.inf
     return 10.0 * math.log10(data_range**2 / mse)
+
+
+def psnr_mu(prediction: np.ndarray, label: np.ndarray) -> float:
+    """PSNR-mu: :func:`psnr` of the mu-law tone-mapped images; ``inf`` for identical ones.
+
+    The score of the field's tables, also used to compare two engines' outputs (reduced
+    precision against fp32, tiled against full frame).
+    """
+    x, y = _as_pair(prediction, label)
+    return psnr(_tonemapped(x), _tonemapped(y))
 
 
 def _valid_filter(image: np.ndarray) -> np.ndarray:
@@ -133,7 +142,7 @@ SCORE_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Scores))
 def score(prediction: np.ndarray, label: np.ndarray) -> Scores:
     """PSNR-mu, PSNR-l, SSIM-mu and SSIM-l of an ``H x W x 3`` linear prediction."""
     pred, truth = _as_pair(prediction, label)
-    pred_mu, truth_mu = mu_tonemap(pred), mu_tonemap(truth)
+    pred_mu, truth_mu = _tonemapped(pred), _tonemapped(truth)
     return Scores(
         psnr_mu=psnr(pred_mu, truth_mu),
         psnr_l=psnr(pred, truth),

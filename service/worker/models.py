@@ -15,6 +15,7 @@ from typing import Any, Final
 
 from service.config import Settings
 from service.engines.registry import ServedModel, load_model
+from service.errors import ServiceError
 from service.model_repo import model_names
 from service.worker.faults import is_engine_fault
 
@@ -24,8 +25,16 @@ log = logging.getLogger(__name__)
 FALLBACK_MODEL: Final = "classical"
 
 
-class ModelNotServed(Exception):
-    """A job names a model this worker does not serve."""
+class ModelNotServed(ServiceError):
+    """A job names a model this worker does not serve: the job fails for good.
+
+    Not retried, as a job naming an unknown model never is: the API checks names against
+    the live workers' models before queuing (``ModelUnavailable``), so this is rare.
+    """
+
+    code = "model_not_served"
+    http_status = 422
+    retryable = False
 
 
 @dataclass

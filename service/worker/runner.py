@@ -22,9 +22,10 @@ Lifecycle
    goes back to the queue unless it was its last attempt) and the process exits with
    :data:`EXIT_ENGINE_FAULT` for its supervisor to restart it with a fresh device context.
 
-How a failed job is judged: bad input (undecodable pixels that slipped past the API's
-header checks, an impossible tile size, a model this worker lacks) fails at once and
-for good; anything else is retried up to ``max_attempts``, then dead-lettered.
+How a failed job is judged: a ``ServiceError`` that is not ``retryable`` (bad input:
+undecodable pixels that slipped past the API's header checks, an impossible tile size, a
+model this worker lacks) fails it at once and for good; anything else is retried up to
+``max_attempts``, then dead-lettered.
 """
 
 from __future__ import annotations
@@ -49,13 +50,7 @@ from service.config import Settings
 from service.engines.pipeline import reconstruct
 from service.engines.registry import ServedModel
 from service.engines.runtime import keep_freed_memory
-from service.errors import (
-    BadRequest,
-    ImageTooLarge,
-    InvalidExposureSet,
-    JobNotFound,
-    UnsupportedImage,
-)
+from service.errors import BadRequest, ServiceError
 from service.exposures import ExposureSet
 from service.imaging import decode, encode_exr
 from service.metrics import Outcome, Stage, WorkerMetrics, gpu_memory_collector
@@ -76,15 +71,6 @@ RECEIVE_BLOCK_MS: Final = 1000
 PROGRESS_REPORT_TIMEOUT_SECONDS: Final = 10.0
 #: Pauses between tries while Redis is unreachable.
 REDIS_BACKOFF_SECONDS: Final = (0.5, 1.0, 2.0, 5.0)
-#: Bad input: the job fails at once, retrying cannot help.
-INPUT_ERRORS: Final = (
-    UnsupportedImage,
-    InvalidExposureSet,
-    ImageTooLarge,
-    BadRequest,
-    JobNotFound,
-    ModelNotServed,
-)
 
 
 class WorkerState(str, Enum):
@@ -492,13 +478,13 @@ class Worker:
         except _Lost:
             log.warning("job %s was taken over by another worker; dropping it", job_id)
             return Outcome.LOST
-        except INPUT_ERRORS as exc:
-            reason = getattr(exc, "message", None) or str(exc)
-            await self._settle(partial(self.broker.fail, delivery, reason, retry=False), delivery)
-            return Outcome.FAILED
         except RedisError:
             raise
         except Exception as exc:
+            if isinstance(exc, ServiceError) and not exc.retryable:  # bad input: for good
+                fail = partial(self.broker.fail, delivery, exc.message, retry=False)
+                await self._settle(fail, delivery)
+                return Outcome.FAILED
             reason = f"{type(exc).__name__}: {exc}"
             if is_engine_fault(exc):
                 log.critical("job %s: engine fault, exiting: %s", job_id, reason)

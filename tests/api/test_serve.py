@@ -9,8 +9,8 @@ import httpx
 import numpy as np
 import pytest
 
-from service.engines.parity import psnr_mu
 from service.imaging import decode_exr
+from service.quality.metrics import psnr_mu
 from service.quality.synth import make_scene
 from tests.factories import (
     REPO,

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from service.config import Settings
+from service.engines.base import TileBatch
 from service.engines.cache import engine_dir
 from service.engines.onnx_export import INPUT_NAME, OUTPUT_NAME
 from service.engines.onnxruntime_engine import OnnxRuntimeEngine, ensure_onnx, onnx_path
@@ -19,8 +20,7 @@ from service.engines.registry import load_model, open_engine
 from service.engines.tensorrt_engine import PlanKey, TensorRTEngine
 from service.engines.torch_engine import TorchEngine, resolve_precision
 from service.errors import EngineUnavailable
-from service.model import load_afunet
-from service.model.preprocess import TileBatch
+from service.model.checkpoint import load_afunet
 from service.model_repo import model_spec
 from tests.factories import GOLDEN_CHECKPOINT
 
@@ -143,7 +143,8 @@ def test_reduced_precision_graphs_stay_within_the_parity_gate(reduced_exports, m
     import onnxruntime as ort
     from onnx.reference import ReferenceEvaluator
 
-    from service.engines.parity import FP16_MIN_PSNR_MU_DB, probe_inputs, psnr_mu
+    from service.engines.parity import FP16_MIN_PSNR_MU_DB, probe_inputs
+    from service.quality.metrics import psnr_mu
 
     scenes = probe_inputs(48, 64, seeds=(1, 2))
     x = np.concatenate([s.model_input() for s in scenes])
@@ -255,7 +256,8 @@ def test_cuda_graph_replay_equals_eager() -> None:
 )
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "fp16"])
 def test_tensorrt_plan_builds_caches_and_matches_pytorch(tmp_path, model, precision) -> None:
-    from service.engines.parity import FP16_MIN_PSNR_MU_DB, probe_inputs, psnr_mu
+    from service.engines.parity import FP16_MIN_PSNR_MU_DB, probe_inputs
+    from service.quality.metrics import psnr_mu
 
     engine = TensorRTEngine(GOLDEN_CHECKPOINT, tmp_path, precision, max_batch=2)
     (scene,) = probe_inputs(64, 64, seeds=(6,))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +34,28 @@ def _merge(ldrs: list[np.ndarray], evs: tuple[float, ...], **kwargs: object) -> 
 def _run(engine: ClassicalEngine, exposures: ExposureSet, tile: int | None = 512) -> np.ndarray:
     plan = TilePlan.build(exposures.height, exposures.width, tile, 16 if tile else 0)
     return reconstruct(engine, exposures, plan, 2)
+
+
+def test_runs_through_the_pipeline_where_torch_cannot_be_imported() -> None:
+    # ``sys.modules['torch'] = None`` makes every ``import torch`` raise ImportError, as on
+    # a host without torch: the engine, its TileBatch and the pipeline must not need it.
+    code = (
+        "import sys\n"
+        "sys.modules['torch'] = None\n"
+        "from service.engines.classical import ClassicalEngine\n"
+        "from service.engines.pipeline import reconstruct\n"
+        "from service.engines.tiling import TilePlan\n"
+        "from service.quality.synth import make_scene\n"
+        "exposures = make_scene(1, 48, 40).exposure_set()\n"
+        "hdr = reconstruct(ClassicalEngine(), exposures, TilePlan.build(48, 40, 32, 8), 2)\n"
+        "assert hdr.shape == (48, 40, 3) and (hdr > 0).any(), hdr.shape\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
 
 
 def test_loads_from_a_repository_that_holds_no_weights_at_all(tmp_path: Path) -> None:

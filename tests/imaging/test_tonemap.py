@@ -28,6 +28,14 @@ def test_mu_law_maps_0_to_0_and_1_to_1_and_is_monotonic() -> None:
     assert np.all(np.diff(y) > 0)
 
 
+def test_mu_law_computes_in_float64_for_the_metrics() -> None:
+    x = np.array([1e-7, 0.3, 1.0])
+    result = mu_law(x, dtype=np.float64)
+    assert result.dtype == np.float64
+    expected = [math.log1p(5000 * v) / math.log1p(5000) for v in x.tolist()]
+    np.testing.assert_allclose(result, expected, rtol=1e-15)
+
+
 def test_mu_law_takes_another_mu() -> None:
     assert abs(float(mu_law(np.float32(0.5), mu=1.0)) - math.log(1.5) / math.log(2.0)) < 1e-6
 

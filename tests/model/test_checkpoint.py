@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from service.errors import CheckpointError, CheckpointMismatch
-from service.model import load_afunet, read_state_dict
+from service.model.checkpoint import load_afunet, read_state_dict
 from tests.factories import GOLDEN_CHECKPOINT, GOLDEN_SEED0
 
 
@@ -69,7 +69,7 @@ def test_mis_shaped_parameter_is_named_with_both_shapes(tmp_path: Path, official
 
 
 def test_wider_model_checkpoint_is_refused_not_partially_loaded(tmp_path: Path) -> None:
-    from service.model import AFUNet, AFUNetConfig
+    from service.model.network import AFUNet, AFUNetConfig
 
     wide = AFUNet(AFUNetConfig(embed_dim=96)).state_dict()
     with pytest.raises(CheckpointMismatch, match="mis-shaped"):

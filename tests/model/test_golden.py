@@ -7,9 +7,14 @@ import pytest
 import torch
 
 from service.exposures import load_scene_dir
-from service.model import AFUNet, build_model_input, load_afunet, read_state_dict
-from service.model.checkpoint import RECOMPUTED_SUFFIXES, UNUSED_OFFICIAL_KEYS
-from service.model.preprocess import build_model_input_torch
+from service.model.checkpoint import (
+    RECOMPUTED_SUFFIXES,
+    UNUSED_OFFICIAL_KEYS,
+    load_afunet,
+    read_state_dict,
+)
+from service.model.network import AFUNet
+from service.model.preprocess import build_model_input, build_model_input_torch
 from service.model.windows import WINDOW_GROUPS, LayoutCache, relative_position_index
 from tests.factories import GOLDEN_CHECKPOINT, GOLDEN_SEED0, unit_frames, whole_input
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +12,11 @@ import torch
 import torch.nn.functional as F
 
 from service.config import Settings
+from service.engines.pipeline import ModelPredictor
 from service.engines.registry import load_model
 from service.exposures import ExposureSet
 from service.quality.datasets import LAYOUTS, InvalidDataset, find_scenes, load_scene
 from service.quality.evaluation import (
-    ModelPredictor,
     SaveOptions,
     evaluate,
     pad_amount,
@@ -163,3 +165,21 @@ def test_report_holds_per_scene_scores_means_and_saved_predictions(tmp_path: Pat
     rows = (tmp_path / "scores.csv").read_text().splitlines()
     assert rows[0].startswith("scene,psnr_mu,psnr_l,ssim_mu,ssim_l")
     assert rows[-1].startswith("mean,")
+
+
+def test_the_quality_package_imports_no_engine() -> None:
+    # engines import quality (the parity check scores with its metric on its scenes), so
+    # quality must never import engines: the arrow points one way.
+    code = (
+        "import importlib, pkgutil, sys\n"
+        "import service.quality as quality\n"
+        "for module in pkgutil.iter_modules(quality.__path__):\n"
+        "    importlib.import_module(f'service.quality.{module.name}')\n"
+        "engines = sorted(m for m in sys.modules if m.startswith('service.engines'))\n"
+        "assert not engines, engines\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr

@@ -11,8 +11,8 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from service.quality.metrics import (
     Scores,
     mean_scores,
-    mu_tonemap,
     psnr,
+    psnr_mu,
     score,
     ssim,
 )
@@ -33,11 +33,22 @@ def test_psnr_of_a_uniform_error_of_one_tenth_is_20_db() -> None:
     assert psnr(label, label) == math.inf
 
 
-def test_mu_law_maps_0_and_1_to_themselves_and_compresses_highlights() -> None:
-    values = mu_tonemap(np.array([0.0, 1.0, 0.01, -0.5]))
-    assert values[0] == 0.0 and values[1] == pytest.approx(1.0)
-    assert values[2] == pytest.approx(math.log(51) / math.log(5001))
-    assert values[3] == 0.0  # negatives count as black instead of a NaN
+def test_psnr_mu_is_psnr_of_the_mu_law_images() -> None:
+    prediction, label = np.array([0.0, 1.0, 0.01]), np.array([0.0, 1.0, 0.02])
+    mu = [0.0, 1.0, math.log(51) / math.log(5001)]
+    mu_label = [0.0, 1.0, math.log(101) / math.log(5001)]
+    expected = 10 * math.log10(1 / np.mean((np.array(mu) - np.array(mu_label)) ** 2))
+    assert psnr_mu(prediction, label) == pytest.approx(expected, rel=1e-12)
+    assert psnr_mu(label, label) == math.inf
+
+
+def test_psnr_mu_is_the_score_of_the_same_name(pair) -> None:
+    prediction, label = pair
+    assert psnr_mu(prediction, label) == score(prediction, label).psnr_mu
+
+
+def test_psnr_mu_counts_negatives_as_black_instead_of_a_nan() -> None:
+    assert psnr_mu(np.array([-0.5, 0.25]), np.array([0.0, 0.25])) == math.inf
 
 
 def test_ssim_of_constant_images_is_the_luminance_term() -> None:

@@ -20,8 +20,8 @@ from typing import Final
 import numpy as np
 
 from service.config import Settings
+from service.engines.base import TileBatch
 from service.engines.registry import BACKENDS, ServedModel
-from service.model.preprocess import TileBatch
 from service.model_repo import ModelSpec
 
 #: Channels of the reference (middle) exposure's HDR estimate in the 18-channel input.
@@ -71,11 +71,12 @@ class FaultOnceEngine(ReferenceEngine):
 
 
 class FailingEngine(ReferenceEngine):
-    """Fails every job call with an ordinary (not engine-fault) error."""
+    """Fails every job call with ``error``: by default an ordinary (not engine-fault) one."""
 
-    def __init__(self) -> None:
+    def __init__(self, error: Exception | None = None) -> None:
         super().__init__()
         self.warming = True
+        self.error = error or RuntimeError("non-finite values in the tile output")
 
     def warmup(self, tile_h: int, tile_w: int, batch: int) -> None:
         super().warmup(tile_h, tile_w, batch)
@@ -83,7 +84,7 @@ class FailingEngine(ReferenceEngine):
 
     def run(self, batch: TileBatch) -> np.ndarray:
         if not self.warming:
-            raise RuntimeError("non-finite values in the tile output")
+            raise self.error
         return super().run(batch)
 
 

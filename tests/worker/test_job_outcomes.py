@@ -12,7 +12,7 @@ import anyio
 import pytest
 
 from service.config import Settings
-from service.errors import EngineFault
+from service.errors import EngineFault, EngineUnavailable, InvalidExposureSet, ServiceError
 from service.queue import Broker, JobRecord, JobState
 from service.worker.faults import is_engine_fault
 from service.worker.models import ModelSet
@@ -85,6 +85,25 @@ async def test_undecodable_pixels_fail_at_once_and_the_worker_goes_on(
     assert record.error is not None and name in record.error
     assert await broker.dead_letter_depth() == 1
     assert healthy.status is JobState.SUCCEEDED
+
+
+@pytest.mark.parametrize(
+    ("error", "attempts"),
+    [
+        (EngineUnavailable("the backend went away"), 3),
+        (InvalidExposureSet("EV stops are not increasing"), 1),
+    ],
+    ids=["retryable", "not-retryable"],
+)
+async def test_a_service_error_is_retried_only_when_it_is_retryable(
+    broker: Broker, service_settings: Settings, error: ServiceError, attempts: int
+) -> None:
+    job_id = await submit(broker)
+    with worker_thread(service_settings, models_of(FailingEngine(error))):
+        record = await until(broker, job_id, final, timeout=60)
+
+    assert record.status is JobState.FAILED and record.attempts == attempts
+    assert record.error is not None and error.message in record.error
 
 
 async def test_job_for_a_model_the_worker_lacks_fails_naming_what_it_serves(

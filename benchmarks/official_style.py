@@ -8,7 +8,7 @@ implementation (commit d57f783) does: NCHW <-> token transposes around every con
 block on every call (the official model caches it only for its 40x40 training size), the
 relative position bias gathered per call, explicit ``q @ k^T`` / softmax / ``@ v``, and
 ``rearrange``-style copies in the channel attention. Written from the structure of the
-network for benchmarking (``hdr-service bench`` runs it as the ``official-style``
+network for benchmarking (``python -m benchmarks.engines`` runs it as the ``official-style``
 backend) and as an independent check of our fused path; the service never serves it.
 """
 
@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from service.model import AFUNet
+from service.engines.base import TileBatch
 from service.model.layers import (
     AlignmentModule,
     CrossAttentionBlock,
@@ -28,7 +28,7 @@ from service.model.layers import (
     SelfAttentionBlock,
     WindowAttentionCore,
 )
-from service.model.preprocess import TileBatch
+from service.model.network import AFUNet
 from service.model.windows import SHIFT_MASK_VALUE
 
 
