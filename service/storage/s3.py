@@ -238,10 +238,15 @@ class S3Store(BlobStore):
         """The store at ``s3://bucket/prefix``; credentials, endpoint and region come from
         the AWS variables (see the module docstring). Makes no request: :meth:`check`
         tells whether the bucket answers."""
-        import boto3
-        from botocore.config import Config
-
         bucket, prefix = parse_url(url)
+        try:
+            import boto3
+            from botocore.config import Config
+        except ImportError as exc:
+            raise ModuleNotFoundError(
+                f"{url} needs boto3, which is not installed: pip install 'afunet-service[s3]'"
+                " (every image has it)"
+            ) from exc
         config = Config(
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,

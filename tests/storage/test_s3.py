@@ -4,6 +4,8 @@ as such (fast, and without credentials), batched deletes, the lifecycle rule."""
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,7 +22,7 @@ from service.storage.s3 import (
     lifecycle_rules,
     parse_url,
 )
-from tests.factories import free_port
+from tests.factories import REPO, free_port
 from tests.storage.blobs import MIN_PART_BYTES, pattern
 from tests.storage.s3server import TEST_SECRET_KEY, S3Server
 
@@ -52,6 +54,23 @@ def test_url_with_credentials_is_refused_without_echoing_them() -> None:
     with pytest.raises(ValueError, match="AWS_SECRET_ACCESS_KEY") as caught:
         parse_url("s3://AKIDEXAMPLE:wJalrXUtnFEMI@bucket/prefix")
     assert "wJalrXUtnFEMI" not in str(caught.value)
+
+
+def test_service_imports_without_boto3_and_an_s3_url_then_says_what_is_missing() -> None:
+    code = (
+        "import sys; sys.modules['boto3'] = None\n"
+        "from service.storage.s3 import S3Store\n"
+        "try:\n"
+        "    S3Store.from_url('s3://bucket/prefix')\n"
+        "except ImportError as exc:\n"
+        "    print(exc)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "needs boto3" in result.stdout
+    assert "afunet-service[s3]" in result.stdout
 
 
 def test_store_url_and_keys_carry_the_prefix(s3_url: str, s3_server: S3Server) -> None:
