@@ -26,7 +26,7 @@ from tests.factories import REPO, free_port
 from tests.storage.blobs import MIN_PART_BYTES, pattern
 from tests.storage.s3server import TEST_SECRET_KEY, S3Server
 
-JOB = "0123456789abcdef"
+JOB = "0123456789abcdef0123456789abcdef"
 
 
 @pytest.mark.parametrize(
@@ -158,7 +158,7 @@ def test_failed_multipart_put_keeps_the_old_object_and_aborts_the_upload(
 @pytest.mark.slow
 def test_delete_and_list_go_past_one_page_and_one_batch(s3_store: S3Store) -> None:
     count = DELETE_BATCH + 3
-    names = [input_name(f"job{index:05d}", 0) for index in range(count)]
+    names = [input_name(f"{index:032x}", 0) for index in range(count)]
     for name in names:
         s3_store.put(name, b"")
     listed = [info.name for info in s3_store.list("jobs/")]

