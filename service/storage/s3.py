@@ -56,6 +56,8 @@ MULTIPART_CHUNK_BYTES: Final = 16 * 1024 * 1024
 #: Parts uploaded at once per put: bounds both the connections and the memory of a
 #: put (about this many parts in flight, each held in memory while it is sent).
 MAX_UPLOAD_CONCURRENCY: Final = 4
+#: Longest lifetime S3 accepts for a SigV4 presigned URL (7 days).
+MAX_PRESIGN_SECONDS: Final = 7 * 86400
 #: DeleteObjects takes at most this many keys per request (an S3 limit).
 DELETE_BATCH: Final = 1000
 #: Lifecycle rules this service owns in a bucket have IDs starting with this, followed by
@@ -368,14 +370,15 @@ class S3Store(BlobStore):
                 )
 
     def presign(self, name: str, expires_seconds: int) -> str | None:
-        """A GET URL signed with the store's credentials (computed locally, no request);
-        valid ``expires_seconds`` (S3 caps SigV4 URLs at 7 days, and a URL signed with
-        temporary credentials dies with them)."""
+        """A GET URL signed with the store's credentials (computed locally, no request),
+        valid ``expires_seconds``, at most :data:`MAX_PRESIGN_SECONDS`: S3 refuses longer
+        SigV4 URLs outright, so longer is shortened. A URL signed with temporary
+        credentials (a role, web identity) dies with them, whatever it says."""
         with self._translated(name):
             url = self._client.generate_presigned_url(
                 "get_object",
                 Params={"Bucket": self.bucket, "Key": self._key(name)},
-                ExpiresIn=int(expires_seconds),
+                ExpiresIn=max(1, min(int(expires_seconds), MAX_PRESIGN_SECONDS)),
             )
         return str(url)
 

@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,12 @@ class S3Server:
     region: str = "us-east-1"
     access_key: str = "test-access-key"
     secret_key: str = TEST_SECRET_KEY
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
+
+    def stop(self) -> None:
+        """Stop the server now (tests of a store that goes away)."""
+        if self.process is not None:
+            _stop(self.process)
 
     def env(self, endpoint_url: str | None = None) -> dict[str, str]:
         """The AWS variables that point boto3 at this server (or at ``endpoint_url``)."""
@@ -73,6 +79,16 @@ class S3Server:
         )
 
 
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def _listening(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.2)
@@ -98,15 +114,12 @@ def moto_server(log: Path, timeout: float = 60) -> Iterator[S3Server]:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"moto server did not start:\n{log.read_text()}")
             time.sleep(0.1)
-        server = S3Server(endpoint_url=f"http://127.0.0.1:{port}", bucket="afunet-test")
+        server = S3Server(
+            endpoint_url=f"http://127.0.0.1:{port}", bucket="afunet-test", process=process
+        )
         client = server.client()
         client.create_bucket(Bucket=server.bucket)
         client.close()
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        _stop(process)

@@ -9,6 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -17,6 +18,7 @@ from service.storage.base import BlobNotFound, StoreUnavailable, input_name, res
 from service.storage.s3 import (
     ABORT_INCOMPLETE_DAYS,
     DELETE_BATCH,
+    MAX_PRESIGN_SECONDS,
     S3Store,
     lifecycle_rule,
     lifecycle_rules,
@@ -24,7 +26,7 @@ from service.storage.s3 import (
 )
 from tests.factories import REPO, free_port
 from tests.storage.blobs import MIN_PART_BYTES, pattern
-from tests.storage.s3server import TEST_SECRET_KEY, S3Server
+from tests.storage.s3server import TEST_SECRET_KEY, S3Server, moto_server
 
 JOB = "0123456789abcdef0123456789abcdef"
 
@@ -177,6 +179,9 @@ def test_presigned_url_is_signed_for_the_asked_lifetime_without_the_secret(
     assert query["X-Amz-Expires"] == ["300"]
     assert TEST_SECRET_KEY not in url
     assert urlsplit(url).path.endswith(f"/{s3_store.prefix}{result_name(JOB)}")
+    longest = s3_store.presign(result_name(JOB), 30 * 86_400)
+    assert longest is not None
+    assert parse_qs(urlsplit(longest).query)["X-Amz-Expires"] == [str(MAX_PRESIGN_SECONDS)]
 
 
 # --- store faults --------------------------------------------------------------------------
@@ -309,3 +314,26 @@ def test_apply_lifecycle_on_a_bucket_without_rules(s3_url: str, s3_server: S3Ser
         client.delete_bucket_lifecycle(Bucket=bucket)
         client.delete_bucket(Bucket=bucket)
         client.close()
+
+
+def test_connection_lost_mid_object_is_store_unavailable_not_a_short_read(
+    s3_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that dies while an object streams out: the reader gets the store's fault,
+    never a truncated object passed off as whole."""
+    data = pattern(24 * 1024 * 1024, seed=9)
+    with moto_server(tmp_path / "moto.log") as private:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", private.endpoint_url)
+        store = S3Store.from_url(private.url())
+        try:
+            store.put(result_name(JOB), data)
+            stream = store.open(result_name(JOB))
+            assert stream.read(1000) == data[:1000]
+            private.stop()
+            with pytest.raises(StoreUnavailable) as caught:
+                while stream.read(1024 * 1024):
+                    pass
+            _assert_named_fault(caught, store)
+            stream.close()
+        finally:
+            store.close()
