@@ -86,7 +86,7 @@ def parse_url(url: str) -> tuple[str, str]:
             " in AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, the endpoint in AWS_ENDPOINT_URL"
         )
     if parts.query or parts.fragment:
-        raise ValueError(f"an S3 URL takes no query or fragment: {url!r}")
+        raise ValueError("an S3 URL takes no query or fragment (s3://bucket/prefix)")
     prefix = parts.path.strip("/")
     return parts.netloc, f"{prefix}/" if prefix else ""
 
@@ -313,6 +313,9 @@ class S3Store(BlobStore):
     # --- the interface ------------------------------------------------------------------
 
     def put(self, name: str, source: BinaryIO | bytes) -> int:
+        """Upload ``source`` in one PUT, or as a multipart upload above the threshold. An
+        error reading ``source`` (a client gone mid-upload) is the caller's and propagates
+        as it is; s3transfer aborts the multipart upload then, and the old object stays."""
         reader = _CountingReader(io.BytesIO(source) if isinstance(source, bytes) else source)
         with self._translated():
             self._client.upload_fileobj(
