@@ -17,6 +17,7 @@ from fastapi import FastAPI
 from service.api.deps import key_hashes
 from service.api.errors import install_error_handlers
 from service.api.middleware import BodySizeLimit, RequestMetrics
+from service.api.openapi import install_openapi
 from service.api.routes import health, jobs, models
 from service.api.uploads import request_body_limit
 from service.config import Settings
@@ -75,6 +76,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(jobs.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    install_openapi(app, auth=bool(settings.api_keys))
     # Added last = outermost: metrics also count the 413s the body bound answers.
     app.add_middleware(BodySizeLimit, max_bytes=request_body_limit(settings))
     app.add_middleware(RequestMetrics, metrics=metrics, router=app.router)

@@ -3,8 +3,9 @@
 ``{"error": {"code": "...", "message": "..."}}`` whatever went wrong: a ``ServiceError``
 raised anywhere below (its ``http_status`` and ``code`` decide), a request FastAPI could
 not parse or validate (400, with the offending field named), an HTTP error of the router
-(404, 405), Redis being unreachable (503 with ``Retry-After``), and as a last resort an
-unexpected exception (500, logged with its traceback; the tests hunt these down).
+(404; 405 with every method of the path in ``Allow``), Redis being unreachable (503 with
+``Retry-After``), and as a last resort an unexpected exception (500, logged with its
+traceback; the tests hunt these down).
 
 The few errors only HTTP has (authentication, readiness, the request body bound) are
 ``ServiceError`` subclasses defined here, so the one exception root stays the only one.
@@ -20,6 +21,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from service.errors import QueueFull, ServiceError
 
@@ -29,6 +31,8 @@ log = logging.getLogger(__name__)
 UNAVAILABLE_RETRY_AFTER_SECONDS: Final = 5
 #: Longest message echoed from a validation error (inputs can be long).
 MAX_DETAIL_CHARS: Final = 300
+#: Methods a 405's Allow header may list, in the order it lists them.
+HTTP_METHODS: Final = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 _HTTP_CODES: Final = {
     400: "bad_request",
@@ -133,6 +137,22 @@ def _validation_message(exc: RequestValidationError) -> str:
     return message
 
 
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app answers at the request's path.
+
+    Starlette's 405 names only the methods of the first route whose path matched, so
+    ``PUT /v1/jobs/{id}`` would be told ``Allow: GET, HEAD`` although DELETE is there too
+    (each method is its own route); RFC 9110 wants the full list. Each method is tried
+    against the routes as they match a request (nested included routers too).
+    """
+    allowed = []
+    for method in HTTP_METHODS:
+        probe = {**request.scope, "method": method}
+        if any(route.matches(probe)[0] is Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return allowed
+
+
 def _service_error(exc: ServiceError) -> JSONResponse:
     headers = {}
     retry_after = getattr(exc, "retry_after", None)
@@ -153,9 +173,12 @@ async def handle_error(request: Request, exc: Exception) -> JSONResponse:
         return error_response(400, "bad_request", _validation_message(exc))
     if isinstance(exc, StarletteHTTPException):
         code = _HTTP_CODES.get(exc.status_code, "http_error")
-        return error_response(
-            exc.status_code, code, str(exc.detail), dict(exc.headers) if exc.headers else None
-        )
+        headers = dict(exc.headers) if exc.headers else {}
+        message = str(exc.detail)
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request))
+            message = f"{request.method} is not allowed here; allowed: {headers['Allow']}"
+        return error_response(exc.status_code, code, message, headers or None)
     if isinstance(exc, RedisError | ConnectionError | TimeoutError):
         log.warning("Redis unavailable during %s %s: %s", request.method, request.url.path, exc)
         return _service_error(Unavailable(f"the job queue is unavailable ({type(exc).__name__})"))

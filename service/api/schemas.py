@@ -11,6 +11,7 @@ from typing import Any, Final, Literal
 
 from fastapi import UploadFile
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic.json_schema import JsonDict
 
 from service.imaging import EXPOSURE_COUNT
 from service.queue import JobRecord, JobState
@@ -19,6 +20,15 @@ from service.queue import JobRecord, JobState
 MAX_TILE_SIZE: Final = 1024
 #: Model names as the repository's folder names may be spelled.
 MODEL_NAME_PATTERN: Final = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+#: How the OpenAPI document describes ``exposures``: exactly three files. ``format:
+#: binary`` beside OpenAPI 3.1's ``contentMediaType`` is what client generators read as a
+#: file parameter; the count is checked by the server (a 422 naming the count), not by the
+#: form parser, so it is declared here rather than as a validation constraint.
+EXPOSURES_SCHEMA: Final[JsonDict] = {
+    "items": {"type": "string", "format": "binary", "contentMediaType": "application/octet-stream"},
+    "minItems": EXPOSURE_COUNT,
+    "maxItems": EXPOSURE_COUNT,
+}
 
 
 class JobCreate(BaseModel):
@@ -27,10 +37,11 @@ class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     exposures: list[UploadFile] = Field(
+        json_schema_extra=EXPOSURES_SCHEMA,
         description=f"Exactly {EXPOSURE_COUNT} exposures of one scene, the field repeated once"
         " per file: PNG, JPEG or TIFF, RGB, 8 or 16 bits per sample, all of one size. The"
         " format is read from the bytes, never from the name. Any order: they are sorted"
-        " short to long by exposure."
+        " short to long by exposure.",
     )
     exposure_values: str | None = Field(
         None,

@@ -29,7 +29,8 @@ def test_the_api_never_imports_torch() -> None:
 
 
 def test_openapi_documents_every_route_field_and_error() -> None:
-    spec = create_app(Settings(redis_url="redis://127.0.0.1:1/0")).openapi()
+    keyed = Settings(redis_url="redis://127.0.0.1:1/0", api_keys=["app-key-0123456789abcdef"])
+    spec = create_app(keyed).openapi()
     paths = spec["paths"]
     assert set(paths) >= {
         "/v1/jobs",

@@ -7,22 +7,19 @@ headers, raw bodies with lying content types. No worker runs (a valid job just q
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-import redis
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from service.config import Settings
-from service.queue import Keys
 from tests.factories import bracket_uploads, tiff_file
 from tests.imaging.builders import png_bomb, png_ihdr, tiff_bytes
-from tests.worker.harness import api_server
+from tests.worker.harness import fuzz_server
 
 VALID = bracket_uploads(24, 32)
 FIELDS = ("exposures", "exposure_values", "exposure_times", "tile_size", "model")
@@ -87,26 +84,12 @@ headers = st.dictionaries(
 
 
 @pytest.fixture(scope="module")
-def client(redis_url: str, golden_repo: Any) -> Iterator[httpx.Client]:
-    prefix = f"test-fuzz-{uuid.uuid4().hex[:8]}"
-    fuzz_settings = Settings(
-        redis_url=redis_url,
-        key_prefix=prefix,
-        model_repo=golden_repo,
-        max_queue_length=20,
-        job_ttl_seconds=60,
-        sync_wait_seconds=0.1,
-        max_upload_bytes=200_000,
-        max_pixels=1_000_000,
-    )
-    with api_server(fuzz_settings) as url, httpx.Client(base_url=url, timeout=30) as http:
+def client(redis_url: str, golden_repo: Path) -> Iterator[httpx.Client]:
+    with (
+        fuzz_server(redis_url, golden_repo, "fuzz") as url,
+        httpx.Client(base_url=url, timeout=30) as http,
+    ):
         yield http
-    cleanup = redis.Redis.from_url(redis_url) if "://" in redis_url else None
-    if cleanup is not None:
-        keys = list(cleanup.scan_iter(match=Keys(prefix).all_keys_pattern(), count=500))
-        if keys:
-            cleanup.delete(*keys)
-        cleanup.close()
 
 
 def check(response: httpx.Response) -> None:

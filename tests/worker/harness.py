@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,11 +24,12 @@ from typing import Any, TypeVar
 
 import anyio
 import httpx
+import redis
 import uvicorn
 
 from service.api.app import create_app
 from service.config import Settings
-from service.queue import Broker, JobRecord, open_broker
+from service.queue import Broker, JobRecord, Keys, open_broker
 from service.worker.models import ModelSet
 from service.worker.runner import Worker, WorkerState
 from tests.factories import REPO, free_port
@@ -97,6 +99,39 @@ def api_server(settings: Settings) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(20)
+
+
+@contextmanager
+def fuzz_server(redis_url: str, repo: Path, name: str, **overrides: Any) -> Iterator[str]:
+    """:func:`api_server` for a module of fuzz tests; yields its URL.
+
+    Small bounds (uploads, pixels, queue, sync wait) so that generated requests stay cheap,
+    and a key prefix of its own, since a module-scoped server outlives the per-test prefix
+    of the fixtures: its keys are deleted when the block ends.
+    """
+    prefix = f"test-{name}-{uuid.uuid4().hex[:8]}"
+    settings = Settings(
+        redis_url=redis_url,
+        key_prefix=prefix,
+        model_repo=repo,
+        max_queue_length=20,
+        job_ttl_seconds=60,
+        sync_wait_seconds=0.1,
+        max_upload_bytes=200_000,
+        max_pixels=1_000_000,
+        **overrides,
+    )
+    try:
+        with api_server(settings) as url:
+            yield url
+    finally:
+        cleanup = redis.Redis.from_url(redis_url)
+        try:
+            keys = list(cleanup.scan_iter(match=Keys(prefix).all_keys_pattern(), count=500))
+            if keys:
+                cleanup.delete(*keys)
+        finally:
+            cleanup.close()
 
 
 @contextmanager

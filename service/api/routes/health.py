@@ -39,17 +39,29 @@ async def _ready(broker: BrokerDep) -> HealthPublic:
     )
 
 
-router.add_api_route("/healthz", _live, methods=["GET"], summary="Liveness")
 router.add_api_route(
-    "/v2/health/live", _live, methods=["GET"], summary="Liveness (KServe v2 / Triton path)"
+    "/healthz", _live, methods=["GET"], operation_id="checkLiveness", summary="Liveness"
 )
 router.add_api_route(
-    "/readyz", _ready, methods=["GET"], summary="Readiness: Redis answers", responses=READY_ERRORS
+    "/v2/health/live",
+    _live,
+    methods=["GET"],
+    operation_id="checkLivenessV2",
+    summary="Liveness (KServe v2 / Triton path)",
+)
+router.add_api_route(
+    "/readyz",
+    _ready,
+    methods=["GET"],
+    operation_id="checkReadiness",
+    summary="Readiness: Redis answers",
+    responses=READY_ERRORS,
 )
 router.add_api_route(
     "/v2/health/ready",
     _ready,
     methods=["GET"],
+    operation_id="checkReadinessV2",
     summary="Readiness (KServe v2 / Triton path)",
     responses=READY_ERRORS,
 )
@@ -57,6 +69,7 @@ router.add_api_route(
 
 @router.get(
     "/metrics",
+    operation_id="getMetrics",
     summary="Prometheus metrics",
     response_class=Response,
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},

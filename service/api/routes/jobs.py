@@ -153,6 +153,7 @@ async def _result_response(
 
 @router.post(
     "/jobs",
+    operation_id="createJob",
     status_code=202,
     summary="Submit three exposures for reconstruction",
     response_description="Accepted and queued (or the job an Idempotency-Key already made).",
@@ -179,7 +180,12 @@ async def create_job(
     return job
 
 
-@router.get("/jobs/{job_id}", summary="A job's status and progress", responses=JOB_ERRORS)
+@router.get(
+    "/jobs/{job_id}",
+    operation_id="getJob",
+    summary="A job's status and progress",
+    responses=JOB_ERRORS,
+)
 async def get_job(request: Request, record: VisibleJobDep) -> JobPublic:
     """Status, tile progress, timings per stage, and the error of a failed job."""
     return _public(request, record)
@@ -187,6 +193,7 @@ async def get_job(request: Request, record: VisibleJobDep) -> JobPublic:
 
 @router.get(
     "/jobs/{job_id}/result",
+    operation_id="getResult",
     summary="Download the HDR result",
     response_class=Response,
     responses={
@@ -206,6 +213,7 @@ async def get_result(
 
 @router.delete(
     "/jobs/{job_id}",
+    operation_id="cancelJob",
     summary="Cancel a job",
     responses={
         200: {"model": JobPublic, "description": "Cancelled (it was queued, or already was)."},
@@ -228,6 +236,7 @@ async def cancel_job(
 
 @router.post(
     "/reconstruct",
+    operation_id="reconstruct",
     summary="Submit and wait for the result",
     response_class=Response,
     responses={

@@ -12,7 +12,10 @@ router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(get_owne
 
 
 @router.get(
-    "/models", summary="Models and whether they serve", responses=error_responses(401, 403, 503)
+    "/models",
+    operation_id="listModels",
+    summary="Models and whether they serve",
+    responses=error_responses(401, 403, 503),
 )
 async def list_models(broker: BrokerDep, settings: SettingsDep) -> ModelList:
     """Each model of the repository or of a live worker: serving, loading or absent.
