@@ -32,6 +32,8 @@ RETRYABLE = {
     "NotReady": True,
     "InvalidDataset": False,
     "ModelNotServed": False,
+    "StoreUnavailable": True,
+    "BlobNotFound": False,
 }
 
 

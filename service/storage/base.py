@@ -41,6 +41,7 @@ class BlobNotFound(ServiceError):
 
     code = "not_found"
     http_status = 404
+    retryable = False
 
 
 @dataclass(frozen=True)
