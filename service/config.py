@@ -35,15 +35,29 @@ class Settings(BaseSettings):
         "auto", description="Inference device; auto picks CUDA when available."
     )
     engine: str | None = Field(
-        None, description="Force a backend (torch, onnxruntime, tensorrt); else config.yaml."
+        None,
+        description="Force a backend (torch, onnxruntime, tensorrt); unset: config.yaml's"
+        " backends in order.",
     )
-    tile_size: int = Field(DEFAULT_TILE_SIZE, ge=16, description="Tile edge in pixels (x8).")
-    tile_overlap: int = Field(DEFAULT_TILE_OVERLAP, ge=0, description="Tile overlap in pixels.")
-    tile_batch: int = Field(DEFAULT_TILE_BATCH, ge=1, description="Tiles per engine call.")
+    tile_size: int = Field(
+        DEFAULT_TILE_SIZE,
+        ge=16,
+        description="Tile edge in pixels (x8); set, it overrides config.yaml's tiling.tile_size.",
+    )
+    tile_overlap: int = Field(
+        DEFAULT_TILE_OVERLAP,
+        ge=0,
+        description="Tile overlap in pixels; set, it overrides config.yaml's tiling.overlap.",
+    )
+    tile_batch: int = Field(
+        DEFAULT_TILE_BATCH,
+        ge=1,
+        description="Tiles per engine call; set, it overrides config.yaml's tiling.batch.",
+    )
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
         "auto",
         description="Network arithmetic: auto = bf16 on GPU (fp16 where its parity check"
-        " passes is opt-in), fp32 on CPU.",
+        " passes is opt-in), fp32 on CPU; set, it overrides config.yaml's precision.",
     )
     torch_compile: bool = Field(False, description="torch.compile the network (torch backend).")
     cuda_graphs: bool = Field(
@@ -185,7 +199,10 @@ class Settings(BaseSettings):
     def _check_tiles(self) -> Self:
         if self.tile_size % 8:
             raise ValueError(f"tile_size must be a multiple of 8, got {self.tile_size}")
-        if 2 * self.tile_overlap >= self.tile_size:
+        # Against each other only when both are set: otherwise a model's config.yaml may
+        # supply the other one (service.engines.registry.resolve_serving checks the pair).
+        both = {"tile_size", "tile_overlap"} <= self.model_fields_set
+        if both and 2 * self.tile_overlap >= self.tile_size:
             raise ValueError(
                 f"tile_overlap ({self.tile_overlap}) must be less than half the tile size"
                 f" ({self.tile_size})"

@@ -25,7 +25,8 @@ WEIGHT_FREE = frozenset({"classical"})
 
 @dataclass(frozen=True)
 class TilingConfig:
-    """Tile geometry a model prefers; ``None`` fields fall back to the settings."""
+    """Tile geometry config.yaml gives; ``None``: not given there (see ``resolve_serving``
+    in ``service.engines.registry`` for which value serves)."""
 
     tile_size: int | None = None
     overlap: int | None = None
@@ -68,8 +69,10 @@ class ModelSpec:
     directory: Path
     """``<repo>/<name>/<version>`` (engines are cached here), or ``<repo>/<name>``."""
     weights: Path | None
-    backends: tuple[str, ...] = ("torch",)
-    precision: str = "auto"
+    backends: tuple[str, ...] | None = None
+    """config.yaml's ``backends``; ``None``: not given there."""
+    precision: str | None = None
+    """config.yaml's ``precision``; ``None``: not given there."""
     tiling: TilingConfig = field(default_factory=TilingConfig)
 
 
@@ -107,6 +110,22 @@ def _read_config(repo: Path, name: str) -> dict[str, Any]:
     return data
 
 
+def _backends(config: dict[str, Any], where: Path) -> tuple[str, ...] | None:
+    raw = config.get("backends")
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list) or not raw:
+        raise EngineUnavailable(f"{where}: backends must be a non-empty list")
+    return tuple(str(b) for b in raw)
+
+
+def _precision(config: dict[str, Any]) -> str | None:
+    raw = config.get("precision")
+    return None if raw is None else str(raw)
+
+
 def model_spec(repo: Path, name: str) -> ModelSpec:
     """Resolve ``name`` in ``repo``; ``EngineUnavailable`` when it cannot serve."""
     config = _read_config(repo, name)
@@ -115,10 +134,11 @@ def model_spec(repo: Path, name: str) -> ModelSpec:
             f"model {name!r} is not in the model repository {repo}"
             f" (for AFUNet weights: {repo / name / '<version>' / WEIGHTS_FILE})"
         )
+    where = repo / name / CONFIG_FILE
     architecture = str(config.get("architecture", name))
-    backends = tuple(str(b) for b in config.get("backends", ["torch"]))
-    tiling = TilingConfig.parse(config.get("tiling"), repo / name / CONFIG_FILE)
-    precision = str(config.get("precision", "auto"))
+    backends = _backends(config, where)
+    tiling = TilingConfig.parse(config.get("tiling"), where)
+    precision = _precision(config)
     if architecture in WEIGHT_FREE:
         return ModelSpec(name, architecture, None, repo / name, None, backends, precision, tiling)
     pinned = config.get("version")
@@ -140,15 +160,16 @@ def checkpoint_spec(path: Path, repo: Path, name: str = "afunet") -> ModelSpec:
     if not path.is_file():
         raise EngineUnavailable(f"checkpoint {path} does not exist")
     config = _read_config(repo, name)
+    where = repo / name / CONFIG_FILE
     return ModelSpec(
         name=name,
         architecture=str(config.get("architecture", "afunet")),
         version=None,
         directory=path.parent,
         weights=path,
-        backends=tuple(str(b) for b in config.get("backends", ["torch"])),
-        precision=str(config.get("precision", "auto")),
-        tiling=TilingConfig.parse(config.get("tiling"), repo / name / CONFIG_FILE),
+        backends=_backends(config, where),
+        precision=_precision(config),
+        tiling=TilingConfig.parse(config.get("tiling"), where),
     )
 
 

@@ -147,6 +147,7 @@ class Catalog:
                     tile_overlap=info.get("tile_overlap"),
                     tile_batch=info.get("tile_batch"),
                     tile_source=info.get("tile_source"),
+                    sources=info.get("sources"),
                     workers=entry.workers,
                     reason=reason,
                 )

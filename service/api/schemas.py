@@ -209,7 +209,15 @@ class ModelPublic(BaseModel):
     tile_overlap: int | None = Field(None, description="Overlap between tiles in pixels.")
     tile_batch: int | None = Field(None, description="Tiles per engine call.")
     tile_source: str | None = Field(
-        None, description="Where the tile geometry comes from: config, or autotuned at start-up."
+        None,
+        description="Where the tile geometry comes from: environment, config, default, or"
+        " autotuned at start-up (as `sources` gives it for the tile size and batch).",
+    )
+    sources: dict[str, str] | None = Field(
+        None,
+        description="Where each serving setting came from (engine, precision, tile_size,"
+        " tile_overlap, tile_batch): environment (its HDR_* variable is set), config (the"
+        " model's config.yaml), default, or autotuned (measured at start-up).",
     )
     workers: int = Field(0, description="Live workers serving it.")
     reason: str | None = Field(None, description="Why it is absent, as the workers report it.")

@@ -70,7 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0,
         metavar="N",
         help=f"reflect-pad frames to a multiple of N first (official: {OFFICIAL_PAD};"
-        " default: no padding)",
+        " default: no padding); a scene needing as much padding as its side fails, as in"
+        " the official test",
     )
 
     out = parser.add_argument_group("output")

@@ -31,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--precision",
         choices=("fp32", "fp16", "bf16"),
-        help="compute precision: of the TensorRT plan (default bf16) or of the ONNX graph"
+        help="compute precision: of the TensorRT plan (default: the served precision, auto"
+        " meaning bf16) or of the ONNX graph"
         " (default fp32; fp16/bf16 graphs are what reduced-precision plans are built from)",
     )
     parser.add_argument("--batch", type=int, help="largest tile batch of the plan")
@@ -40,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from service.engines.cache import engine_dir
+    from service.engines.registry import resolve_serving
     from service.model_repo import checkpoint_spec, model_spec
 
     name = args.model or settings.default_model
@@ -50,10 +52,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     )
     if spec.weights is None:
         raise EngineUnavailable(f"model {name!r} has no weights to export")
-    size = args.tile_size or spec.tiling.tile_size or settings.tile_size
+    # What a worker with these settings would serve (variable, config.yaml, default),
+    # so that the exported plan is the one it looks up; flags override.
+    serving = resolve_serving(spec, settings)
+    size = args.tile_size or serving.tile_size
     tile_h, tile_w = args.tile if args.tile else (size, size)
     cache = engine_dir(spec, settings)
-    precision = args.precision or ("fp32" if args.format == "onnx" else "bf16")
+    if args.format == "onnx":
+        precision = args.precision or "fp32"
+    else:  # as the tensorrt backend resolves it: auto is bf16
+        precision = args.precision or ("bf16" if serving.precision == "auto" else serving.precision)
     if args.format == "onnx":
         if args.output:
             from service.engines.onnx_export import export_onnx
@@ -67,7 +75,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     else:
         from service.engines.tensorrt_engine import TensorRTEngine
 
-        batch = args.batch or spec.tiling.batch or settings.tile_batch
+        batch = args.batch or serving.tile_batch
         engine = TensorRTEngine(spec.weights, cache, precision, max_batch=batch)
         path = engine.prepare(tile_h, tile_w)
     print(f"{args.format}: {path}")

@@ -46,7 +46,11 @@ def add_tiling_arguments(target: ArgumentTarget) -> None:
 
 
 def open_model(args: argparse.Namespace, settings: Settings) -> ServedModel:
-    """The model the options name, with the process tuned for inference."""
+    """The model the options name, with the process tuned for inference.
+
+    A flag counts as its HDR_* variable set (the highest level: flag, then variable, then
+    config.yaml, then the default; ``service.engines.registry.resolve_serving``).
+    """
     from service.engines.registry import load_model
     from service.engines.runtime import keep_freed_memory
 
@@ -56,6 +60,9 @@ def open_model(args: argparse.Namespace, settings: Settings) -> ServedModel:
             ("device", args.device),
             ("engine", args.engine),
             ("precision", args.precision),
+            ("tile_size", getattr(args, "tile_size", None)),
+            ("tile_overlap", getattr(args, "tile_overlap", None)),
+            ("tile_batch", getattr(args, "tile_batch", None)),
         )
         if value is not None
     }

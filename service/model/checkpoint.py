@@ -6,6 +6,15 @@ buffers we recompute (``relative_position_index``, ``attn_mask`` built for its t
 ``img_size``) and the LayerNorm of an embedding the forward never uses
 (``patch_embed_div3.norm``). Those are checked for shape and dropped; every other key must
 match our parameters exactly, or loading fails naming the keys — never a partial load.
+
+The buffers also tell one thing about the architecture: the official blocks shift their
+windows only when the training ``img_size`` exceeds the window (Swin's rule), and only a
+shifting block registers an ``attn_mask``. A release-format checkpoint with
+``relative_position_index`` buffers but no ``attn_mask`` was therefore trained with
+``img_size <= window_size`` and never shifts; it loads with shifted windows off, exactly as
+the official code runs it. A plain state dict holds no buffers and cannot tell: it loads
+as every released checkpoint is, shifted. ``img_size < window_size`` (the official code
+then shrinks the window itself) is refused with that reason.
 """
 
 from __future__ import annotations
@@ -13,17 +22,20 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from service.errors import CheckpointError, CheckpointMismatch
+from service.model.layers import SelfAttentionBlock
 from service.model.network import AFUNet, AFUNetConfig
 
 log = logging.getLogger(__name__)
 
 #: Buffers the official model registers that we derive ourselves.
 RECOMPUTED_SUFFIXES = (".relative_position_index", ".attn_mask")
+_INDEX, _MASK = RECOMPUTED_SUFFIXES
 #: Parameters of the official model that its forward never reads.
 UNUSED_OFFICIAL_KEYS = ("patch_embed_div3.norm.weight", "patch_embed_div3.norm.bias")
 _PREFIX = "module."
@@ -69,6 +81,45 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
+def checkpoint_config(
+    state: Mapping[str, torch.Tensor], base: AFUNetConfig | None = None
+) -> AFUNetConfig:
+    """``base`` (default: the released architecture) with what the checkpoint's buffers
+    say about shifted windows; unchanged for a plain state dict, which holds none."""
+    config = base or AFUNetConfig()
+    if not any(k.endswith(_INDEX) for k in state):
+        return config
+    return replace(config, shift_windows=any(k.endswith(_MASK) for k in state))
+
+
+def _shift_problems(model: AFUNet, state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Where a release-format checkpoint's ``attn_mask`` buffers disagree with the blocks
+    of ``model`` that shift (a plain state dict has none to compare)."""
+    if not any(k.endswith(_INDEX) for k in state):
+        return []
+    shifted = {
+        f"{name}{_MASK}"
+        for name, module in model.named_modules()
+        if isinstance(module, SelfAttentionBlock) and module.shift
+    }
+    masks = {k for k in state if k.endswith(_MASK)}
+    problems = []
+    if shifted and not masks:
+        problems.append(
+            "it has no attn_mask buffers: it was trained with img_size <= window_size, so"
+            " its blocks never shift, but this model was built with shifted windows"
+        )
+    elif shifted - masks:
+        problems.append(
+            f"attn_mask missing for shifted block(s): {_listing(sorted(shifted - masks))}"
+        )
+    if masks - shifted:
+        problems.append(
+            f"attn_mask for block(s) that do not shift: {_listing(sorted(masks - shifted))}"
+        )
+    return problems
+
+
 def match_state_dict(model: AFUNet, state: Mapping[str, torch.Tensor], source: str) -> dict:
     """Check ``state`` against ``model`` and return exactly the tensors to load."""
     expected = model.state_dict()
@@ -103,7 +154,10 @@ def match_state_dict(model: AFUNet, state: Mapping[str, torch.Tensor], source: s
     if index_bad:
         problems.append(
             f"window size differs from {model.config.window_size}: {_listing(index_bad)}"
+            f" (trained with img_size below the {model.config.window_size}-pixel window? The"
+            " official code then shrinks its windows to img_size; that is not supported)"
         )
+    problems += _shift_problems(model, state)
     if problems:
         raise CheckpointMismatch(
             f"checkpoint {source} does not match AFUNet: " + "; ".join(problems)
@@ -114,8 +168,19 @@ def match_state_dict(model: AFUNet, state: Mapping[str, torch.Tensor], source: s
 def load_afunet(
     path: str | Path, device: str | torch.device = "cpu", config: AFUNetConfig | None = None
 ) -> AFUNet:
-    """Build AFUNet and load ``path`` into it: eval mode, float32, on ``device``."""
+    """Build AFUNet and load ``path`` into it: eval mode, float32, on ``device``.
+
+    ``config`` (default: the released architecture) takes the checkpoint's word on
+    shifted windows (``checkpoint_config``).
+    """
     state = read_state_dict(path)
+    config = checkpoint_config(state, config)
+    if not config.shift_windows:
+        log.warning(
+            "checkpoint %s has no attn_mask buffers (trained with img_size <= window_size):"
+            " loading it with shifted windows off, as the official code runs it",
+            path,
+        )
     model = AFUNet(config)
     kept = match_state_dict(model, state, str(path))
     non_float = [k for k, v in kept.items() if not v.is_floating_point()]

@@ -318,7 +318,8 @@ class AlignmentModule(nn.Module):
 
 
 class EnhancementModule(nn.Module):
-    """Spatial feature enhancement: Swin blocks (alternately shifted), a 3x3 conv, residual."""
+    """Spatial feature enhancement: Swin blocks (every second one shifted by ``shift``; 0
+    for a model trained on crops no larger than a window), a 3x3 conv, residual."""
 
     def __init__(
         self,
@@ -326,6 +327,7 @@ class EnhancementModule(nn.Module):
         depth: int,
         num_heads: int,
         window: int,
+        shift: int,
         mlp_ratio: float,
         layouts: LayoutCache,
     ) -> None:
@@ -333,7 +335,7 @@ class EnhancementModule(nn.Module):
         self.residual_group = BlockGroup(
             [
                 SelfAttentionBlock(
-                    dim, num_heads, window, 0 if i % 2 == 0 else window // 2, mlp_ratio, layouts
+                    dim, num_heads, window, 0 if i % 2 == 0 else shift, mlp_ratio, layouts
                 )
                 for i in range(depth)
             ]

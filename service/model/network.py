@@ -39,6 +39,11 @@ class AFUNetConfig:
     num_heads: tuple[int, ...] = field(default=(4, 4, 4, 4))
     window_size: int = 8
     mlp_ratio: float = 2.0
+    shift_windows: bool = True
+    """Whether every second enhancement block shifts its windows. The official blocks
+    follow Swin's rule: a model built with ``min(img_size) <= window_size`` never shifts
+    (at any frame size). Such a checkpoint says so by its missing ``attn_mask`` buffers
+    (``service.model.checkpoint.checkpoint_config``); every released one shifts."""
 
     def __post_init__(self) -> None:
         if len(self.depths) != len(self.num_heads):
@@ -86,9 +91,10 @@ class AFUNet(nn.Module):
         )
         self.f_12 = nn.ModuleList([FusionModule(part, h // 2) for h in cfg.num_heads])
         self.f_32 = nn.ModuleList([FusionModule(part, h // 2) for h in cfg.num_heads])
+        shift = cfg.window_size // 2 if cfg.shift_windows else 0
         self.SFM = nn.ModuleList(
             [
-                EnhancementModule(dim, d, h, cfg.window_size, cfg.mlp_ratio, self.layouts)
+                EnhancementModule(dim, d, h, cfg.window_size, shift, cfg.mlp_ratio, self.layouts)
                 for d, h in zip(cfg.depths, cfg.num_heads, strict=True)
             ]
         )

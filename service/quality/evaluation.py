@@ -58,9 +58,18 @@ def pad_exposures(exposures: ExposureSet, multiple: int) -> ExposureSet:
 
     Preprocessing is per pixel, so padding the stored frames equals padding the model
     input as the official test does (``F.pad(..., mode="reflect")``, no edge repeat).
+    Like the official test (torch's reflect padding refuses it), a frame needing as much
+    padding as its side or more is refused: numpy would reflect it again and again, and
+    score a frame the official protocol never produces.
     """
     pad_h = pad_amount(exposures.height, multiple)
     pad_w = pad_amount(exposures.width, multiple)
+    if pad_h >= exposures.height or pad_w >= exposures.width:
+        raise InvalidDataset(
+            f"frame {exposures.width}x{exposures.height} cannot be reflect-padded to a"
+            f" multiple of {multiple} (pad {pad_w}x{pad_h} must be less than the side,"
+            " as in the official test): use a smaller --pad-to, or none"
+        )
     if not pad_h and not pad_w:
         return exposures
     frames = tuple(

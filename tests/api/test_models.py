@@ -56,6 +56,13 @@ def test_models_show_what_the_live_worker_serves(
         "tile_overlap": 8,
         "tile_batch": 1,
         "tile_source": "config",
+        "sources": {
+            "engine": "config",
+            "precision": "default",
+            "tile_size": "config",
+            "tile_overlap": "config",
+            "tile_batch": "config",
+        },
         "workers": 1,
         "reason": None,
     }

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from service.config import Settings
+from service.engines.registry import CONFIG_SETTINGS
 from service.metrics import NAMESPACE
 from tests.deploy.deployfiles import (
     REPO,
@@ -137,6 +138,9 @@ def test_every_setting_comes_from_the_environment_with_its_default(
             field = variable[4:].lower()
             assert field in Settings.model_fields, f"{service}: {variable} is no setting"
             seen.add(field)
+            if field in CONFIG_SETTINGS:  # a default here would override config.yaml
+                assert value is None, f"{service}: {variable} must be passed through only"
+                continue
             if value is None:  # passed through when set: only for settings unset by default
                 assert setting_fields()[field] in (None, ""), f"{variable} needs a default"
                 continue

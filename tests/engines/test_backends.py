@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from service.engines.base import TileBatch
 from service.engines.cache import engine_dir
 from service.engines.onnx_export import INPUT_NAME, OUTPUT_NAME
 from service.engines.onnxruntime_engine import OnnxRuntimeEngine, ensure_onnx, onnx_path
-from service.engines.registry import load_model, open_engine
+from service.engines.registry import load_model, open_engine, resolve_serving
 from service.engines.tensorrt_engine import PlanKey, TensorRTEngine
 from service.engines.torch_engine import TorchEngine, resolve_precision
 from service.errors import EngineUnavailable
@@ -176,10 +177,15 @@ def test_backend_falls_back_in_config_order_with_reason(repo, caplog) -> None:
 
 def test_forced_backend_that_cannot_open_is_a_clear_error(repo) -> None:
     spec = model_spec(repo, "afunet")
+    forced = Settings(model_repo=repo, device="cpu", engine="tensorrt")
     with pytest.raises(EngineUnavailable, match="no backend can serve 'afunet': tensorrt"):
-        open_engine(spec, Settings(model_repo=repo, device="cpu"), "tensorrt")
+        open_engine(spec, resolve_serving(spec, forced), forced)
+    unknown = Settings(model_repo=repo, engine="numpy-fast")
+    with pytest.raises(EngineUnavailable, match="'numpy-fast' names no backend; known: numpy"):
+        resolve_serving(spec, unknown)
+    listed = replace(resolve_serving(spec, Settings(model_repo=repo)), backends=("numpy-fast",))
     with pytest.raises(EngineUnavailable, match="not implemented"):
-        open_engine(spec, Settings(model_repo=repo), "numpy-fast")
+        open_engine(spec, listed, unknown)
 
 
 def test_repository_engines_are_cached_in_the_version_folder(repo) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,10 @@ import pytest
 import torch
 
 from service.errors import CheckpointError, CheckpointMismatch
-from service.model.checkpoint import load_afunet, read_state_dict
+from service.model.checkpoint import checkpoint_config, load_afunet, read_state_dict
+from service.model.layers import SelfAttentionBlock, WindowAttentionCore
+from service.model.network import AFUNet, AFUNetConfig
+from service.model.windows import relative_position_index
 from tests.factories import GOLDEN_CHECKPOINT, GOLDEN_SEED0
 
 
@@ -69,8 +73,6 @@ def test_mis_shaped_parameter_is_named_with_both_shapes(tmp_path: Path, official
 
 
 def test_wider_model_checkpoint_is_refused_not_partially_loaded(tmp_path: Path) -> None:
-    from service.model.network import AFUNet, AFUNetConfig
-
     wide = AFUNet(AFUNetConfig(embed_dim=96)).state_dict()
     with pytest.raises(CheckpointMismatch, match="mis-shaped"):
         load_afunet(_save(tmp_path, wide))
@@ -123,3 +125,100 @@ def test_non_tensor_entries_are_refused(tmp_path: Path) -> None:
 def test_missing_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="does not exist"):
         load_afunet(tmp_path / "nope.pth")
+
+
+# --- checkpoints trained on crops no larger than a window (official: no shifted windows) --
+
+#: A small AFUNet (one iteration of four enhancement blocks, two of them shifted): fast,
+#: and every structural rule of the released one applies.
+TINY = AFUNetConfig(embed_dim=12, depths=(4,), num_heads=(2,))
+
+
+def _official_state(model: AFUNet, img_size: int, window: int = 8) -> dict[str, torch.Tensor]:
+    """``model``'s parameters saved as the official code saves a model built for
+    ``img_size``-pixel training crops: ``module.`` prefixes, a ``relative_position_index``
+    per window attention and, only when the crops exceed the window (Swin's rule for
+    shifting at all), an ``attn_mask`` per shifting block."""
+    state = {f"module.{k}": v for k, v in model.state_dict().items()}
+    windows = (img_size // window) ** 2
+    for name, module in AFUNet(TINY).named_modules():  # the shifting layout's blocks
+        if isinstance(module, WindowAttentionCore):
+            state[f"module.{name}.relative_position_index"] = relative_position_index(window)
+        if isinstance(module, SelfAttentionBlock) and module.shift and img_size > window:
+            state[f"module.{name}.attn_mask"] = torch.zeros(windows, window**2, window**2)
+    return state
+
+
+def _run(model: AFUNet, seed: int = 0) -> torch.Tensor:
+    x = torch.rand(1, 18, 24, 32, generator=torch.Generator().manual_seed(seed))
+    with torch.inference_mode():
+        return model(x)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> AFUNet:
+    torch.manual_seed(7)
+    model = AFUNet(TINY)
+    with torch.no_grad():  # non-zero position biases, so that every path matters
+        for name, value in model.named_parameters():
+            if name.endswith("relative_position_bias_table"):
+                value.normal_(0, 0.5)
+    model.refresh_caches()
+    return model
+
+
+def test_checkpoint_trained_on_window_sized_crops_loads_without_shifted_windows(
+    tmp_path: Path, tiny: AFUNet
+) -> None:
+    path = _save(tmp_path, {"state_dict": _official_state(tiny, img_size=8)})
+    loaded = load_afunet(path, config=TINY)
+    assert loaded.config.shift_windows is False
+    assert all(not block.shift for block in loaded.SFM[0].residual_group.blocks)
+    # Exactly the official no-shift network: plain windows in every block.
+    unshifted = AFUNet(replace(TINY, shift_windows=False))
+    unshifted.load_state_dict(tiny.state_dict())
+    assert torch.equal(_run(loaded), _run(unshifted))
+    # ... which is another image than the shifted one the port used to run.
+    assert (_run(loaded) - _run(tiny)).abs().max() > 1e-3
+
+
+def test_checkpoint_trained_on_larger_crops_loads_with_shifted_windows(
+    tmp_path: Path, tiny: AFUNet
+) -> None:
+    loaded = load_afunet(_save(tmp_path, {"state_dict": _official_state(tiny, 40)}), config=TINY)
+    assert loaded.config.shift_windows is True
+    assert [b.shift for b in loaded.SFM[0].residual_group.blocks] == [0, 4, 0, 4]
+    assert torch.equal(_run(loaded), _run(tiny))
+
+
+def test_attn_masks_that_fit_neither_layout_are_refused_naming_the_blocks(
+    tmp_path: Path, tiny: AFUNet
+) -> None:
+    state = _official_state(tiny, 40)
+    del state["module.SFM.0.residual_group.blocks.3.attn_mask"]
+    state["module.SFM.0.residual_group.blocks.2.attn_mask"] = torch.zeros(25, 64, 64)
+    with pytest.raises(CheckpointMismatch) as caught:
+        load_afunet(_save(tmp_path, {"state_dict": state}), config=TINY)
+    message = caught.value.message
+    assert "attn_mask missing for shifted block(s): SFM.0.residual_group.blocks.3" in message
+    assert "attn_mask for block(s) that do not shift: SFM.0.residual_group.blocks.2" in message
+
+
+def test_checkpoint_whose_window_shrank_to_its_crops_is_refused_with_the_reason(
+    tmp_path: Path,
+) -> None:
+    """Official: img_size < window_size makes the window img_size (here 4): unsupported."""
+    small = AFUNet(replace(TINY, window_size=4, shift_windows=False))
+    state = {f"module.{k}": v for k, v in small.state_dict().items()}
+    for name, module in small.named_modules():
+        if isinstance(module, WindowAttentionCore):
+            state[f"module.{name}.relative_position_index"] = relative_position_index(4)
+    with pytest.raises(CheckpointMismatch, match="img_size below the 8-pixel window"):
+        load_afunet(_save(tmp_path, {"state_dict": state}), config=TINY)
+
+
+def test_a_plain_state_dict_keeps_the_configured_windows(tiny: AFUNet) -> None:
+    """No buffers, nothing to tell: the released (shifted) layout, or what the caller says."""
+    plain = tiny.state_dict()
+    assert checkpoint_config(plain).shift_windows is True
+    assert checkpoint_config(plain, replace(TINY, shift_windows=False)).shift_windows is False

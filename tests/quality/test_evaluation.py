@@ -123,6 +123,19 @@ def test_padding_the_frames_equals_padding_the_model_input_as_the_official_test(
     assert np.array_equal(ours, theirs)
 
 
+@pytest.mark.parametrize(("height", "width"), [(40, 56), (64, 30), (17, 128)])
+def test_padding_as_long_as_the_side_is_refused_as_the_official_test_does(
+    height: int, width: int
+) -> None:
+    frames = bracket_frames(height, width, evs=(0, 2, 4))
+    exposures = ExposureSet(tuple(frames), (0.0, 2.0, 4.0), ("a", "b", "c"))
+    pad_h, pad_w = pad_amount(height, 128), pad_amount(width, 128)
+    with pytest.raises(RuntimeError):  # what the official F.pad(mode="reflect") does
+        F.pad(torch.from_numpy(whole_input(exposures)), (0, pad_w, 0, pad_h), mode="reflect")
+    with pytest.raises(InvalidDataset, match=f"frame {width}x{height} cannot be reflect-padded"):
+        pad_exposures(exposures, 128)
+
+
 def test_official_protocol_with_afunet_runs_the_padded_frame_and_crops(tmp_path: Path) -> None:
     scene = make_scene(0, 40, 56)
     exposures = scene.exposure_set()

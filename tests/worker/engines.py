@@ -21,7 +21,7 @@ import numpy as np
 
 from service.config import Settings
 from service.engines.base import TileBatch
-from service.engines.registry import BACKENDS, ServedModel
+from service.engines.registry import BACKENDS, ServedModel, ServingConfig
 from service.model_repo import ModelSpec
 
 #: Channels of the reference (middle) exposure's HDR estimate in the 18-channel input.
@@ -104,11 +104,11 @@ def _delay() -> float:
     return float(os.environ.get("TEST_ENGINE_DELAY", "0"))
 
 
-def _reference(_spec: ModelSpec, _settings: Settings) -> ReferenceEngine:
+def _reference(_spec: ModelSpec, _serving: ServingConfig, _settings: Settings) -> ReferenceEngine:
     return ReferenceEngine(_delay())
 
 
-def _fault_once(_spec: ModelSpec, _settings: Settings) -> ReferenceEngine:
+def _fault_once(_spec: ModelSpec, _serving: ServingConfig, _settings: Settings) -> ReferenceEngine:
     return FaultOnceEngine(Path(os.environ["TEST_ENGINE_FAULT_MARKER"]), _delay())
 
 

@@ -21,12 +21,13 @@ import httpx
 import pytest
 
 from service.config import Settings
+from service.engines.tiling import TilePlan
 from service.imaging import decode_exr
 from service.queue import Broker, JobState
 from service.worker.runner import EXIT_ENGINE_FAULT, EXIT_OK
 from tests.factories import REPO, bracket_uploads, write_model_repo
 from tests.worker import engines
-from tests.worker.harness import until, worker_env, worker_process
+from tests.worker.harness import api_server, until, worker_env, worker_process
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -193,6 +194,40 @@ async def test_heartbeat_announces_models_and_health_port(
     assert beat["pid"] != os.getpid()
     assert ready.status_code == 200 and live.status_code == 200
     assert json.loads(ready.text)["status"] == "ready"
+
+
+async def test_worker_announces_and_serves_the_tile_variables_it_was_started_with(
+    broker: Broker, service_settings: Settings, tmp_path: Path
+) -> None:
+    """Set variables win over config.yaml (64 px tiles, overlap 8, batch 1) in what the
+    worker runs, what its heartbeat says and what GET /v1/models shows."""
+    repo = tmp_path / "repo"
+    engines.write_test_model(repo, "quick", "test-reference", tile_size=64)
+    settings = service_settings.model_copy(update={"model_repo": repo})
+    env = worker_env(settings, HDR_WORKER_ID="w-env", HDR_TILE_SIZE="96", HDR_TILE_BATCH="2")
+    with worker_process(env, tmp_path / "w.log"), api_server(settings) as url:
+        beat = (await ready_workers(broker, {"w-env"}))["w-env"]
+        listed = httpx.get(f"{url}/v1/models").json()["models"]
+        job_id = await submit(broker, bracket_uploads(128, 192))
+        record = await until(broker, job_id, lambda r: r.status.is_final, timeout=60)
+
+    announced = beat["models"]["quick"]
+    assert (announced["tile_size"], announced["tile_overlap"], announced["tile_batch"]) == (
+        96,
+        8,
+        2,
+    )
+    assert announced["sources"] == {
+        "engine": "config",
+        "precision": "default",
+        "tile_size": "environment",
+        "tile_overlap": "config",
+        "tile_batch": "environment",
+    }
+    (shown,) = [m for m in listed if m["name"] == "quick"]
+    assert shown["tile_size"] == 96 and shown["sources"] == announced["sources"]
+    assert record.status is JobState.SUCCEEDED
+    assert record.tiles_total == len(TilePlan.build(128, 192, 96, 8)) != 12  # 64 px: 12
 
 
 async def test_worker_is_not_ready_until_its_models_are_warm(
