@@ -46,13 +46,15 @@ _HEIF_BRANDS = frozenset(
     {b"mif1", b"msf1", b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"}
     | {b"avif", b"avis"}
 )
+_MAX_BRANDS = 64  # compatible brands read; real files list a handful
 
 
 def iso_brands(data: bytes) -> frozenset[bytes]:
     """The major and compatible brands of the ``ftyp`` box opening ``data``; empty if none."""
     if len(data) < 16 or data[4:8] != b"ftyp":
         return frozenset()
-    size = min(int.from_bytes(data[:4], "big"), len(data))
+    # A huge declared ftyp box must not make sniffing slow: read at most _MAX_BRANDS.
+    size = min(int.from_bytes(data[:4], "big"), len(data), 16 + 4 * _MAX_BRANDS)
     compatible = (data[at : at + 4] for at in range(16, size - 3, 4))
     return frozenset({data[8:12], *compatible})
 

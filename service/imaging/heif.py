@@ -49,6 +49,10 @@ _OTHER_MODES: dict[str, tuple[int, str]] = {
 }
 
 _FULL_BOX_HEADER = 4  # version (1 byte) and flags (3 bytes) of a FullBox
+#: Boxes one container may hold before the file counts as hostile: real files have a
+#: handful at the top level and a few dozen properties (an iPhone grid shares them), while
+#: 64 MiB of empty 8-byte boxes would keep the API's walk busy for seconds.
+MAX_BOXES = 10_000
 
 
 def _boxes(data: bytes, start: int, end: int, name: str | None) -> Iterator[tuple[bytes, int, int]]:
@@ -58,7 +62,9 @@ def _boxes(data: bytes, start: int, end: int, name: str | None) -> Iterator[tupl
     short, which is what a truncated upload looks like.
     """
     pos = start
-    while pos < end:
+    for _ in range(MAX_BOXES):
+        if pos >= end:
+            return
         if pos + 8 > end:
             raise UnsupportedImage(f"{label(name)}truncated HEIF: a box header is cut short")
         size, kind = struct.unpack_from(">I4s", data, pos)
@@ -80,6 +86,10 @@ def _boxes(data: bytes, start: int, end: int, name: str | None) -> Iterator[tupl
             )
         yield kind, pos + header, pos + size
         pos += size
+    if pos < end:
+        raise UnsupportedImage(
+            f"{label(name)}corrupt HEIF: more than {MAX_BOXES} boxes in one container"
+        )
 
 
 def _children(boxes: Iterator[tuple[bytes, int, int]], kind: bytes) -> Iterator[tuple[int, int]]:

@@ -25,7 +25,8 @@ from service.imaging import (
     sniff_format,
     to_unit_float,
 )
-from service.imaging.heif import widen
+from service.imaging.formats import iso_brands
+from service.imaging.heif import MAX_BOXES, widen
 
 
 def _levels(bits: int, seed: int = 10) -> np.ndarray:
@@ -203,6 +204,24 @@ def test_a_truncated_heic_is_refused_at_probe_naming_the_file(
 def test_trailing_bytes_after_the_last_box_are_refused(rgb8: np.ndarray) -> None:
     with pytest.raises(UnsupportedImage, match="a box header is cut short"):
         probe(heic_bytes(rgb8) + b"\x00\x00\x00")
+
+
+def test_a_file_of_countless_empty_boxes_is_refused_quickly(rgb8: np.ndarray) -> None:
+    data = heic_bytes(rgb8) + b"\x00\x00\x00\x08free" * (MAX_BOXES + 1)
+    started = time.perf_counter()
+    with pytest.raises(UnsupportedImage, match=f"more than {MAX_BOXES} boxes"):
+        probe(data)
+    assert time.perf_counter() - started < 1.0
+
+
+def test_a_huge_brand_list_is_not_read_whole() -> None:
+    """Only the first brands count: one hidden a megabyte in does not make a HEIF."""
+    count = 1_000_000
+    head = (16 + 4 * (count + 1)).to_bytes(4, "big") + b"ftypisom\x00\x00\x00\x00"
+    data = head + b"iso2" * count + b"heic"
+    assert len(iso_brands(data)) <= 65
+    with pytest.raises(UnsupportedImage, match="not a PNG, JPEG, TIFF or HEIC image"):
+        sniff_format(data)
 
 
 # -- what is refused --------------------------------------------------------------------------
