@@ -77,7 +77,9 @@ def _boxes(data: bytes, start: int, end: int, name: str | None) -> Iterator[tupl
         elif size == 0:  # the box extends to the end of its container
             size = end - pos
         if size < header:
-            raise UnsupportedImage(f"{label(name)}corrupt HEIF: box {kind!r} has size {size}")
+            raise UnsupportedImage(
+                f"{label(name)}corrupt HEIF: box {kind.decode('latin-1')!r} has size {size}"
+            )
         if pos + size > end:
             where = "the file" if end == len(data) else "its parent box"
             raise UnsupportedImage(
