@@ -32,8 +32,14 @@ from service.errors import InvalidExposureSet, UnsupportedImage
 from service.imaging import DecodedImage, check_bracket, read_image, widen_to_16bit
 
 EXPOSURES = 3
-#: Files a scene folder's frames may have, in order of preference (TIFF is Kalantari's).
-SCENE_PATTERNS = (("*.tif", "*.tiff"), ("*.png",), ("*.jpg", "*.jpeg"))
+#: Files a scene folder's frames may have, in order of preference (TIFF is Kalantari's;
+#: iPhones name their HEIC files in capitals).
+SCENE_PATTERNS = (
+    ("*.tif", "*.tiff"),
+    ("*.png",),
+    ("*.jpg", "*.jpeg"),
+    ("*.heic", "*.HEIC", "*.heif", "*.HEIF"),
+)
 EXPOSURE_FILE = "exposure.txt"
 #: A plain decimal number: Python's float() would also take ``1_0`` (ten), ``1e3``, ``nan``.
 _DECIMAL = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)", re.ASCII)
@@ -170,7 +176,7 @@ def _scene_frames(scene: Path) -> list[Path]:
                     f" {', '.join(p.name for p in found)}"
                 )
             return found
-    raise InvalidExposureSet(f"scene {scene}: no TIFF, PNG or JPEG exposures found")
+    raise InvalidExposureSet(f"scene {scene}: no TIFF, PNG, JPEG or HEIC exposures found")
 
 
 def load_scene_dir(scene: str | Path) -> ExposureSet:
@@ -178,7 +184,7 @@ def load_scene_dir(scene: str | Path) -> ExposureSet:
 
     As the official loader does, frames are taken in file-name order and the i-th value of
     ``exposure.txt`` is the i-th frame's EV (exposure time ``2**ev``), verbatim (see
-    :func:`parse_exposure_file`). Folders of three PNGs or JPEGs are read the same way.
+    :func:`parse_exposure_file`). Folders of three PNGs, JPEGs or HEICs are read the same way.
     """
     scene = Path(scene)
     if not scene.is_dir():

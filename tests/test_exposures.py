@@ -21,6 +21,7 @@ from service.exposures import (
 )
 from service.imaging import to_unit_float
 from tests.factories import GOLDEN_SEED0, bracket_frames, write_scene
+from tests.imaging.builders import heic_bytes
 
 
 def test_scene_frames_are_taken_in_file_name_order(tmp_path: Path) -> None:
@@ -29,6 +30,19 @@ def test_scene_frames_are_taken_in_file_name_order(tmp_path: Path) -> None:
     loaded = load_scene_dir(scene)
     assert loaded.names == ("a.tif", "b.tif", "c.tif")
     assert np.array_equal(loaded.frames[0], frames[2])
+    assert loaded.evs == (0.0, 2.0, 4.0)
+
+
+def test_a_folder_of_iphone_heic_files_is_a_scene(tmp_path: Path) -> None:
+    frames = [(f >> 6) for f in bracket_frames(16, 24)]  # 10-bit levels
+    scene = tmp_path / "iphone"
+    scene.mkdir()
+    for i, frame in enumerate(frames):
+        (scene / f"IMG_000{i}.HEIC").write_bytes(heic_bytes(frame, bits=10))
+    (scene / "exposure.txt").write_text("0\n2\n4\n")
+    loaded = load_scene_dir(scene)
+    assert loaded.names == ("IMG_0000.HEIC", "IMG_0001.HEIC", "IMG_0002.HEIC")
+    assert np.array_equal(loaded.frames[1], (frames[1] << 6) | (frames[1] >> 4))
     assert loaded.evs == (0.0, 2.0, 4.0)
 
 
@@ -84,7 +98,7 @@ def test_missing_exposure_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_empty_folder_and_missing_folder_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(InvalidExposureSet, match="no TIFF, PNG or JPEG"):
+    with pytest.raises(InvalidExposureSet, match="no TIFF, PNG, JPEG or HEIC"):
         load_scene_dir(tmp_path)
     with pytest.raises(InvalidExposureSet, match="not a directory"):
         load_scene_dir(tmp_path / "absent")

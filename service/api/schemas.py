@@ -39,7 +39,8 @@ class JobCreate(BaseModel):
     exposures: list[UploadFile] = Field(
         json_schema_extra=EXPOSURES_SCHEMA,
         description=f"Exactly {EXPOSURE_COUNT} exposures of one scene, the field repeated once"
-        " per file: PNG, JPEG or TIFF, RGB, 8 or 16 bits per sample, all of one size. The"
+        " per file: PNG, JPEG or TIFF (RGB, 8 or 16 bits per sample) or HEIC (RGB, 8, 10 or"
+        " 12 bits), all of one size. The"
         " format is read from the bytes, never from the name. Any order: they are sorted"
         " short to long by exposure.",
     )
@@ -98,7 +99,7 @@ ERROR_MEANINGS: Final = {
     404: "Unknown or expired job, or another key's.",
     409: "The job has no result (yet), or cannot be cancelled any more.",
     413: "Too large: the request body, a file's bytes, or a frame's pixel count.",
-    415: "A file is not a PNG, JPEG or TIFF RGB image (judged by its content).",
+    415: "A file is not a PNG, JPEG, TIFF or HEIC RGB image (judged by its content).",
     422: "Invalid exposure set: count, sizes, exposure metadata, or an unknown model.",
     429: "The queue is full; retry after the Retry-After header's seconds.",
     503: "The job queue (Redis) is unreachable, or not ready; retry after Retry-After.",

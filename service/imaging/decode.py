@@ -15,7 +15,7 @@ from typing import NamedTuple, TypeVar
 import numpy as np
 
 from service.errors import ImageTooLarge, ServiceError, UnsupportedImage
-from service.imaging import jpeg, png, tiff
+from service.imaging import heif, jpeg, png, tiff
 from service.imaging.exif import ExifExposure, parse_exif
 from service.imaging.formats import DecodedImage, ImageFormat, ImageInfo, label, sniff_format
 
@@ -32,6 +32,7 @@ _READERS: dict[ImageFormat, _Reader] = {
     ImageFormat.PNG: _Reader(png.read_header, png.read_pixels, png.read_exif),
     ImageFormat.JPEG: _Reader(jpeg.read_header, jpeg.read_pixels, jpeg.read_exif),
     ImageFormat.TIFF: _Reader(tiff.read_header, tiff.read_pixels, tiff.read_exif),
+    ImageFormat.HEIF: _Reader(heif.read_header, heif.read_pixels, heif.read_exif),
 }
 
 _T = TypeVar("_T")
@@ -53,11 +54,22 @@ def _guarded(fmt: ImageFormat, name: str | None, step: Callable[[], _T]) -> _T:
 
 
 def check_pixel_limit(info: ImageInfo, max_pixels: int | None, name: str | None = None) -> None:
-    """Raise :class:`ImageTooLarge` when ``info`` declares more than ``max_pixels`` pixels."""
-    if max_pixels is not None and info.pixels > max_pixels:
+    """Raise :class:`ImageTooLarge` when ``info`` declares more than ``max_pixels`` pixels.
+
+    Both the image's size and any larger coded size it is cropped from count: the decoder
+    allocates the coded image before cropping it.
+    """
+    if max_pixels is None:
+        return
+    if info.pixels > max_pixels:
         raise ImageTooLarge(
             f"{label(name)}image is {info.width}x{info.height} ({info.pixels} pixels), "
             f"over the limit of {max_pixels} pixels"
+        )
+    if info.coded_pixels > max_pixels:
+        raise ImageTooLarge(
+            f"{label(name)}image is {info.width}x{info.height}, cropped from a coded image of "
+            f"{info.coded_pixels} pixels, over the limit of {max_pixels} pixels"
         )
 
 
@@ -95,7 +107,7 @@ def read_image(path: str | os.PathLike[str], max_pixels: int | None = None) -> D
 
 
 def exif_exposure(data: bytes, name: str | None = None) -> ExifExposure | None:
-    """The EXIF exposure settings of a PNG, JPEG or TIFF file; None when it records none.
+    """The EXIF exposure settings of a PNG, JPEG, TIFF or HEIC file; None if it records none.
 
     Unlike :func:`probe` this does not judge the image (a grayscale JPEG still yields its
     EXIF); a file that is no image of ours at all raises :class:`UnsupportedImage`.

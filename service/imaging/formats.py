@@ -25,6 +25,8 @@ class ImageFormat(str, Enum):
     """JPEG (baseline or progressive), 8 bits per sample."""
     TIFF = "tiff"
     """TIFF (classic or BigTIFF), 8 or 16 bits per sample, the official data's format."""
+    HEIF = "heif"
+    """HEIF with HEVC-coded images (HEIC, what iPhones write), 8, 10 or 12 bits per sample."""
 
 
 # (prefix, format): every prefix that opens a file of that format.
@@ -37,6 +39,25 @@ _MAGIC: tuple[tuple[bytes, ImageFormat], ...] = (
     (b"MM\x00+", ImageFormat.TIFF),
 )
 
+# ISO base media files (HEIF, AVIF, MP4, QuickTime) open with an ``ftyp`` box naming brands;
+# these brands mark a HEIF file (still images or sequences, HEVC- or AV1-coded). Which of
+# them is decodable is service.imaging.heif's to judge, with a message naming the reason.
+_HEIF_BRANDS = frozenset(
+    {b"mif1", b"msf1", b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"}
+    | {b"avif", b"avis"}
+)
+_MAX_BRANDS = 64  # compatible brands read; real files list a handful
+
+
+def iso_brands(data: bytes) -> frozenset[bytes]:
+    """The major and compatible brands of the ``ftyp`` box opening ``data``; empty if none."""
+    if len(data) < 16 or data[4:8] != b"ftyp":
+        return frozenset()
+    # A huge declared ftyp box must not make sniffing slow: read at most _MAX_BRANDS.
+    size = min(int.from_bytes(data[:4], "big"), len(data), 16 + 4 * _MAX_BRANDS)
+    compatible = (data[at : at + 4] for at in range(16, size - 3, 4))
+    return frozenset({data[8:12], *compatible})
+
 
 def label(name: str | None) -> str:
     """The ``"name: "`` prefix of an error message, empty when the upload has no name."""
@@ -48,10 +69,12 @@ def sniff_format(data: bytes, name: str | None = None) -> ImageFormat:
     for magic, fmt in _MAGIC:
         if data.startswith(magic):
             return fmt
+    if iso_brands(data) & _HEIF_BRANDS:
+        return ImageFormat.HEIF
     if not data:
-        raise UnsupportedImage(f"{label(name)}empty file; expected a PNG, JPEG or TIFF image")
+        raise UnsupportedImage(f"{label(name)}empty file; expected a PNG, JPEG, TIFF or HEIC image")
     raise UnsupportedImage(
-        f"{label(name)}not a PNG, JPEG or TIFF image (unrecognised file signature)"
+        f"{label(name)}not a PNG, JPEG, TIFF or HEIC image (unrecognised file signature)"
     )
 
 
@@ -69,9 +92,13 @@ class ImageInfo:
     channels: int
     """Always 3 for an image that probed successfully: only RGB is accepted."""
     bit_depth: int
-    """8 or 16 bits per sample."""
+    """8 or 16 bits per sample as stored; HEIC also 10 or 12 (decoded to 16-bit samples)."""
     exposure: ExifExposure | None = None
     """The EXIF exposure settings, or None when the file carries no EXIF block."""
+    coded_pixels: int = 0
+    """The largest image the container declares before cropping, when it stores one (HEIF's
+    ``ispe`` of a frame a clean-aperture box crops, of grid tiles, of thumbnails): the
+    decoder allocates that much, so a few-pixel crop of a gigapixel frame is a bomb too."""
 
     @property
     def pixels(self) -> int:
@@ -84,5 +111,8 @@ class DecodedImage:
     """An exposure's pixels exactly as stored, with its header facts."""
 
     pixels: np.ndarray
-    """H x W x 3, uint8 for 8-bit files and uint16 for 16-bit ones, never rescaled."""
+    """H x W x 3, uint8 for 8-bit files and uint16 for 16-bit ones, never rescaled.
+
+    10- and 12-bit HEIC samples, which no numpy type holds, are the one exception: they
+    are widened to uint16 by bit replication (see :func:`service.imaging.heif.widen`)."""
     info: ImageInfo

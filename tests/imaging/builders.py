@@ -13,6 +13,7 @@ import zlib
 from collections.abc import Iterable
 
 import numpy as np
+import pillow_heif
 import tifffile
 from PIL import Image
 
@@ -83,6 +84,48 @@ def tiff_bytes(pixels: np.ndarray, **params: object) -> bytes:
     stream = io.BytesIO()
     tifffile.imwrite(stream, pixels, **params)
     return stream.getvalue()
+
+
+def heic_bytes(
+    pixels: np.ndarray,
+    bits: int = 8,
+    exif: bytes | None = None,
+    lossless: bool = True,
+    **params: object,
+) -> bytes:
+    """``pixels`` encoded to HEIC by libheif's x265 encoder (through pillow-heif).
+
+    ``pixels`` are H x W x 3 (or 4 for RGBA, H x W for grayscale): uint8 for ``bits=8``,
+    uint16 holding ``bits``-bit values (0..1023 for 10 bits) otherwise. ``lossless`` codes
+    4:4:4 with the identity matrix, so a decoder must return ``pixels`` exactly; ``params``
+    go to ``save`` (``quality``, ``tile_size`` for an iPhone-style grid, ...). 12 bits need
+    ``pillow_heif.options.SAVE_HDR_TO_12_BIT`` set by the caller.
+    """
+    modes = {2: "L", 3: "RGB", 4: "RGBA"}
+    mode = modes[pixels.ndim if pixels.ndim == 2 else pixels.shape[2]]
+    if bits > 8:  # pillow-heif takes 16-bit samples and keeps their top ``bits`` bits
+        mode += ";16"
+        pixels = pixels.astype(np.uint16) << (16 - bits)
+    height, width = pixels.shape[:2]
+    heif = pillow_heif.from_bytes(mode=mode, size=(width, height), data=pixels.tobytes())
+    if lossless:
+        params = {"quality": -1, "chroma": 444, "matrix_coefficients": 0, **params}
+    if exif is not None:
+        params["exif"] = exif
+    stream = io.BytesIO()
+    heif.save(stream, **params)
+    return stream.getvalue()
+
+
+def patch_heif_extents(data: bytes, width: int, height: int) -> bytes:
+    """``data`` (a HEIF file) with every ``ispe`` property declaring ``width x height``."""
+    out = bytearray(data)
+    at = out.find(b"ispe")
+    assert at > 0, "no ispe property"
+    while at > 0:
+        struct.pack_into(">II", out, at + 8, width, height)  # after type, version, flags
+        at = out.find(b"ispe", at + 4)
+    return bytes(out)
 
 
 def exif_blob(

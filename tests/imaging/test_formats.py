@@ -25,7 +25,7 @@ def test_a_misleading_file_name_does_not_change_the_decoder(rgb8: np.ndarray) ->
 
 
 def test_image_format_values_are_the_lowercase_names() -> None:
-    assert [f.value for f in ImageFormat] == ["png", "jpeg", "tiff"]
+    assert [f.value for f in ImageFormat] == ["png", "jpeg", "tiff", "heif"]
     assert ImageFormat("tiff") is ImageFormat.TIFF
 
 
@@ -33,9 +33,9 @@ def test_image_format_values_are_the_lowercase_names() -> None:
     ("data", "words"),
     [
         (b"", "empty file"),
-        (b"GIF89a" + bytes(40), "not a PNG, JPEG or TIFF"),
-        (b"BM" + bytes(60), "not a PNG, JPEG or TIFF"),
-        (np.random.default_rng(0).bytes(500), "not a PNG, JPEG or TIFF"),
+        (b"GIF89a" + bytes(40), "not a PNG, JPEG, TIFF or HEIC"),
+        (b"BM" + bytes(60), "not a PNG, JPEG, TIFF or HEIC"),
+        (np.random.default_rng(0).bytes(500), "not a PNG, JPEG, TIFF or HEIC"),
     ],
 )
 def test_unknown_bytes_are_unsupported_images_naming_the_file(data: bytes, words: str) -> None:
