@@ -100,7 +100,9 @@ local depth = redis.call('ZCARD', KEYS[2])
 if depth >= max_len then return {'full', depth} end
 local mapping = {}
 for i = 7, #ARGV do mapping[#mapping + 1] = ARGV[i] end
+if idem then redis.call('SET', idem, job_id, 'NX', 'EX', ttl) end
 redis.call('HSET', KEYS[1], unpack(mapping))
+refresh(ttl, KEYS[1])
 redis.call('ZADD', KEYS[2], ARGV[2], job_id)
 -- Entries older than the TTL belong to expired records too: trim them (exactly, since
 -- approximate trimming never cuts a short stream). A pending entry is older than its
@@ -113,8 +115,6 @@ if type(pending) == 'table' and pending[2] then
   if tonumber(string.match(oldest, '^%d+')) < tonumber(min_id) then min_id = oldest end
 end
 local entry = redis.call('XADD', KEYS[3], 'MINID', min_id, '*', ARGV[5], job_id)
-if idem then redis.call('SET', idem, job_id, 'NX', 'EX', ttl) end
-refresh(ttl, KEYS[1])
 return {'ok', entry}
 """)
 
