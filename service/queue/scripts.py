@@ -100,8 +100,9 @@ local depth = redis.call('ZCARD', KEYS[2])
 if depth >= max_len then return {'full', depth} end
 local mapping = {}
 for i = 7, #ARGV do mapping[#mapping + 1] = ARGV[i] end
-if idem then redis.call('SET', idem, job_id, 'NX', 'EX', ttl) end
 redis.call('HSET', KEYS[1], unpack(mapping))
+-- The mapping before the record's TTL, so that the mapping never outlives the record.
+if idem then redis.call('SET', idem, job_id, 'NX', 'EX', ttl) end
 refresh(ttl, KEYS[1])
 redis.call('ZADD', KEYS[2], ARGV[2], job_id)
 -- Entries older than the TTL belong to expired records too: trim them (exactly, since
