@@ -79,8 +79,9 @@ async def assert_nothing_outlives_the_record(broker: Broker, job_id: str) -> Non
         assert remaining <= record, f"{key} outlives the record ({remaining} > {record} ms)"
 
 
-# Each change: (setup before the job nearly expires, the change) -> (job id, whether the
-# job will run again, so that its uploads must live on too).
+# Each case brings a job to where its change happens, nearly expires it, makes the change,
+# and returns the job id and whether the job may run again (then its worker still needs
+# the uploads, so they must live on too).
 Change = Callable[[Broker], Awaitable[tuple[str, bool]]]
 
 
