@@ -75,7 +75,10 @@ class Settings(BaseSettings):
     )
     key_prefix: str = Field("hdr", description="Prefix of every Redis key of the service.")
     job_ttl_seconds: int = Field(
-        24 * 3600, ge=1, description="Lifetime of job records, uploads and results."
+        24 * 3600,
+        ge=1,
+        description="Lifetime of job records, uploads and results, counted from a job's last"
+        " state change (queued, started, progress, finished...).",
     )
     visibility_timeout_seconds: float = Field(
         60.0,

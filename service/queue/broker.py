@@ -21,9 +21,17 @@ Queue length
 ------------
 The length checked against ``max_queue_length`` and reported by :meth:`queue_depth` is
 the number of jobs in state ``queued``: accepted and not started (including those
-waiting for a retry), kept in a sorted set by creation time. Running jobs do not count
-(the number of workers bounds them), and cancelling a queued job frees its slot at once,
-whereas its stream entry is only removed when a worker skips it.
+waiting for a retry), kept in a sorted set by the time each entered the queue (its
+submission, or its last retry or hand-back). Running jobs do not count (the number of
+workers bounds them), and cancelling a queued job frees its slot at once, whereas its
+stream entry is only removed when a worker skips it.
+
+Lifetime
+--------
+A job's record lives ``job_ttl_seconds`` after its last state change (submit, delivery,
+start, progress, retry, hand-back, cancel, end): a job that waited long in the queue
+keeps its record while it runs and for a full TTL after it ends. Its uploads, result,
+cancel flag and idempotency mapping never outlive the record (see ``scripts.refresh``).
 """
 
 from __future__ import annotations
@@ -165,6 +173,7 @@ class Broker:
             self._ttl,
             self.settings.max_queue_length,
             ENTRY_JOB,
+            self.keys.group,
         ]
         for name, value in record.to_redis().items():
             args += [name, value]
@@ -381,6 +390,7 @@ class Broker:
                 repr(now),
                 consumer,
                 self._dead_letter_min_id(now),
+                self._ttl,
             ],
         )
         if kind == b"deliver":
@@ -408,7 +418,12 @@ class Broker:
         expired since it was received, and its entry has been acked already.
         """
         reply = await self._start(
-            keys=[self.keys.job(delivery.job_id), self.keys.queued, self.keys.stream],
+            keys=[
+                self.keys.job(delivery.job_id),
+                self.keys.queued,
+                self.keys.stream,
+                self.keys.inputs(delivery.job_id),
+            ],
             args=[
                 self.keys.group,
                 delivery.entry_id,
@@ -416,6 +431,7 @@ class Broker:
                 worker_id,
                 engine,
                 repr(time.time()),
+                self._ttl,
             ],
         )
         if not reply:
@@ -437,8 +453,14 @@ class Broker:
         return bool(owned)
 
     async def progress(self, job_id: str, done: int, total: int) -> bool:
-        """Record tiles done of total; ignored (False) unless the job is running."""
-        updated = await self._progress(keys=[self.keys.job(job_id)], args=[done, total])
+        """Record tiles done of total; ignored (False) unless the job is running.
+
+        Progress is a state change: it restarts the job's TTL, so a long job keeps its
+        record (and uploads) for as long as it runs.
+        """
+        updated = await self._progress(
+            keys=[self.keys.job(job_id), self.keys.inputs(job_id)], args=[done, total, self._ttl]
+        )
         return bool(updated)
 
     async def complete(
@@ -513,6 +535,7 @@ class Broker:
                 self.keys.stream,
                 self.keys.dead_letter,
                 self.keys.cancel(delivery.job_id),
+                self.keys.inputs(delivery.job_id),
             ],
             args=[
                 self.keys.group,
@@ -525,6 +548,7 @@ class Broker:
                 delivery.consumer,
                 self._visibility_ms - delay_ms,
                 self._dead_letter_min_id(now),
+                self._ttl,
             ],
         )
         text = outcome.decode()
@@ -543,13 +567,20 @@ class Broker:
         after the call (``queued``, or the final state it already had; None: expired).
         """
         outcome = await self._release(
-            keys=[self.keys.job(delivery.job_id), self.keys.queued, self.keys.stream],
+            keys=[
+                self.keys.job(delivery.job_id),
+                self.keys.queued,
+                self.keys.stream,
+                self.keys.inputs(delivery.job_id),
+            ],
             args=[
                 self.keys.group,
                 delivery.entry_id,
                 delivery.job_id,
                 delivery.consumer,
                 self._visibility_ms,
+                repr(time.time()),
+                self._ttl,
             ],
         )
         text = outcome.decode()
@@ -566,7 +597,13 @@ class Broker:
                 self.keys.inputs(delivery.job_id),
                 self.keys.cancel(delivery.job_id),
             ],
-            args=[self.keys.group, delivery.entry_id, delivery.job_id, repr(time.time())],
+            args=[
+                self.keys.group,
+                delivery.entry_id,
+                delivery.job_id,
+                repr(time.time()),
+                self._ttl,
+            ],
         )
         return _record_from_flat(reply) if reply else None
 
@@ -589,7 +626,8 @@ class Broker:
         return int(await self.redis.zcount(self.keys.queued, self._oldest_live_score(), "+inf"))
 
     async def oldest_queued_age_seconds(self) -> float:
-        """Age of the oldest queued job, 0.0 when none waits."""
+        """How long the longest-waiting queued job has waited since it (re)entered the
+        queue; 0.0 when none waits."""
         oldest: Any = await self.redis.zrangebyscore(
             self.keys.queued, self._oldest_live_score(), "+inf", start=0, num=1, withscores=True
         )

@@ -10,7 +10,7 @@ Layout (``p`` is the prefix)::
 
     p:stream:jobs              stream, one entry {job: <id>} per delivery-able job
     p:stream:dead              stream, dead-lettered jobs {job, reason, attempts, ...}
-    p:queued                   zset job id -> created_at of jobs in state ``queued``
+    p:queued                   zset job id -> when it (re)entered state ``queued``
     p:job:<id>                 hash, the JobRecord                          (TTL)
     p:job:<id>:inputs          hash, field "0".."n-1" -> uploaded bytes     (TTL)
     p:job:<id>:result          string, the encoded result                   (TTL)

@@ -7,6 +7,11 @@ check and its update, and the queue-length limit cannot be overshot by concurren
 submits. Every script checks that the record exists before writing it, because an HSET on
 an expired key would recreate it without a TTL.
 
+Every state change ends with ``refresh``: a record lives a full ``job_ttl_seconds`` after
+its *last* change (not after its submission, which would expire a job that waited long in
+the queue while it runs), and the keys it names or that refer to it (uploads, result,
+cancel flag, idempotency mapping) never outlive it.
+
 Keys always arrive through ``KEYS`` (built by :mod:`service.queue.keys`); state names are
 substituted from :class:`JobState` so that neither is spelled twice. Field names are the
 :class:`JobRecord` field names. Lua numbers lose precision when returned, so scripts
@@ -48,6 +53,15 @@ local function ended(job, queued, stream, group, entry, job_id)
   return 'expired'
 end
 
+-- Restart a job's TTL at a state change: each key of ``...`` (the job's uploads, its
+-- result, its cancel flag: whatever the change keeps alive) first, then the record, so
+-- that the record outlives everything that refers to it. EXPIRE on a missing key is a
+-- no-op, so a deleted upload is not brought back.
+local function refresh(ttl, job, ...)
+  for _, key in ipairs({...}) do redis.call('EXPIRE', key, ttl) end
+  redis.call('EXPIRE', job, ttl)
+end
+
 -- Append to the dead-letter stream, trimming entries older than the job TTL.
 local function dead_letter(dead, min_id, job_id, entry, reason, attempts, consumer, now)
   redis.call('XADD', dead, 'MINID', '~', min_id, '*', 'job', job_id, 'entry', entry,
@@ -70,7 +84,7 @@ def _lua(body: str) -> str:
 
 
 #: KEYS job, queued, stream[, idempotency]
-#: ARGV job_id, now, ttl, max_queue_length, entry_field, field1, value1, ...
+#: ARGV job_id, now, ttl, max_queue_length, entry_field, group, field1, value1, ...
 #: -> {'ok', entry_id} | {'duplicate', job_id} | {'full', depth}
 SUBMIT: Final = _lua("""
 local job_id, now, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -85,25 +99,32 @@ redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[2] - ttl)
 local depth = redis.call('ZCARD', KEYS[2])
 if depth >= max_len then return {'full', depth} end
 local mapping = {}
-for i = 6, #ARGV do mapping[#mapping + 1] = ARGV[i] end
+for i = 7, #ARGV do mapping[#mapping + 1] = ARGV[i] end
 redis.call('HSET', KEYS[1], unpack(mapping))
-redis.call('EXPIRE', KEYS[1], ttl)
+-- The mapping before the record's TTL, so that the mapping never outlives the record.
+if idem then redis.call('SET', idem, job_id, 'NX', 'EX', ttl) end
+refresh(ttl, KEYS[1])
 redis.call('ZADD', KEYS[2], ARGV[2], job_id)
 -- Entries older than the TTL belong to expired records too: trim them (exactly, since
--- approximate trimming never cuts a short stream).
-local min_id = math.max(0, math.floor((now - ttl) * 1000))
-local entry = redis.call('XADD', KEYS[3], 'MINID', string.format('%d', min_id), '*',
-  ARGV[5], job_id)
-if idem then redis.call('SET', idem, job_id, 'NX', 'EX', ttl) end
+-- approximate trimming never cuts a short stream). A pending entry is older than its
+-- live record when the job was retried or handed back (that refreshed the record): the
+-- trim stops at the oldest pending entry, or the job would never be delivered again.
+local min_id = string.format('%d', math.max(0, math.floor((now - ttl) * 1000)))
+local pending = redis.pcall('XPENDING', KEYS[3], ARGV[6])  -- an error before the group
+if type(pending) == 'table' and pending[2] then
+  local oldest = pending[2]
+  if tonumber(string.match(oldest, '^%d+')) < tonumber(min_id) then min_id = oldest end
+end
+local entry = redis.call('XADD', KEYS[3], 'MINID', min_id, '*', ARGV[5], job_id)
 return {'ok', entry}
 """)
 
 #: KEYS job, queued, stream, dead, cancel, inputs
-#: ARGV group, entry, job_id, max_attempts, now, consumer, min_dead_id
+#: ARGV group, entry, job_id, max_attempts, now, consumer, min_dead_id, ttl
 #: -> {'deliver', attempts} | {'expired'|'final'|'cancelled'|'dead', attempts}
 DELIVER: Final = _lua("""
 local group, entry, job_id = ARGV[1], ARGV[2], ARGV[3]
-local max_attempts, now = tonumber(ARGV[4]), ARGV[5]
+local max_attempts, now, ttl = tonumber(ARGV[4]), ARGV[5], ARGV[8]
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then
   settle(KEYS[3], group, entry)
@@ -120,6 +141,7 @@ if redis.call('EXISTS', KEYS[5]) == 1 then
   redis.call('DEL', KEYS[5], KEYS[6])
   redis.call('ZREM', KEYS[2], job_id)
   settle(KEYS[3], group, entry)
+  refresh(ttl, KEYS[1])
   return {'cancelled', 0}
 end
 local attempts = redis.call('HINCRBY', KEYS[1], 'attempts', 1)
@@ -134,13 +156,15 @@ if attempts > max_attempts then
   redis.call('ZREM', KEYS[2], job_id)
   dead_letter(KEYS[4], ARGV[7], job_id, entry, message, done, ARGV[6], now)
   settle(KEYS[3], group, entry)
+  refresh(ttl, KEYS[1])
   return {'dead', done}
 end
+refresh(ttl, KEYS[1], KEYS[6])
 return {'deliver', attempts}
 """)
 
-#: KEYS job, queued, stream
-#: ARGV group, entry, job_id, worker, engine, now
+#: KEYS job, queued, stream, inputs
+#: ARGV group, entry, job_id, worker, engine, now, ttl
 #: -> the record's HGETALL, or {} when the job must not run (final or expired; acked)
 START: Final = _lua("""
 local group, entry, job_id = ARGV[1], ARGV[2], ARGV[3]
@@ -148,6 +172,7 @@ if ended(KEYS[1], KEYS[2], KEYS[3], group, entry, job_id) then return {} end
 redis.call('HSET', KEYS[1], 'status', RUNNING, 'started_at', ARGV[6], 'worker', ARGV[4],
   'engine', ARGV[5], 'tiles_done', 0)
 redis.call('ZREM', KEYS[2], job_id)
+refresh(ARGV[7], KEYS[1], KEYS[4])
 return redis.call('HGETALL', KEYS[1])
 """)
 
@@ -159,10 +184,11 @@ redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
 return 1
 """)
 
-#: KEYS job; ARGV done, total -> 1 when recorded (job running), else 0
+#: KEYS job, inputs; ARGV done, total, ttl -> 1 when recorded (job running), else 0
 PROGRESS: Final = _lua("""
 if redis.call('HGET', KEYS[1], 'status') ~= RUNNING then return 0 end
 redis.call('HSET', KEYS[1], 'tiles_done', ARGV[1], 'tiles_total', ARGV[2])
+refresh(ARGV[3], KEYS[1], KEYS[2])
 return 1
 """)
 
@@ -190,12 +216,13 @@ if started then
   redis.call('HSET', KEYS[7], '$stat_job_seconds', tostring(seconds))
 end
 settle(KEYS[4], group, entry)
+refresh(ARGV[5], KEYS[1])
 return 'stored'
 """)
 
-#: KEYS job, queued, stream, dead, cancel
+#: KEYS job, queued, stream, dead, cancel, inputs
 #: ARGV group, entry, job_id, reason, retry(0|1), max_attempts, now, consumer,
-#:      retry_idle_ms, min_dead_id
+#:      retry_idle_ms, min_dead_id, ttl
 #: -> 'queued' (will be re-delivered), 'failed', the current final status, or 'expired'
 FAIL: Final = _lua("""
 local group, entry, job_id, reason = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -206,9 +233,11 @@ local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
 if retry and attempts < max_attempts then
   redis.call('HSET', KEYS[1], 'status', QUEUED, '$last_error', reason,
     'error', 'attempt ' .. attempts .. ' failed, will retry: ' .. reason)
-  redis.call('ZADD', KEYS[2], redis.call('HGET', KEYS[1], 'created_at'), job_id)
+  -- Scored by this change, as its TTL: the queue drops members older than the TTL.
+  redis.call('ZADD', KEYS[2], now, job_id)
   -- Keep the entry pending but age it, so that XAUTOCLAIM hands it out after the delay.
   redis.call('XCLAIM', KEYS[3], group, ARGV[8], 0, entry, 'IDLE', ARGV[9], 'JUSTID')
+  refresh(ARGV[11], KEYS[1], KEYS[6])
   return QUEUED
 end
 local message = reason
@@ -219,6 +248,7 @@ redis.call('DEL', KEYS[5])
 redis.call('ZREM', KEYS[2], job_id)
 dead_letter(KEYS[4], ARGV[10], job_id, entry, message, attempts, ARGV[8], now)
 settle(KEYS[3], group, entry)
+refresh(ARGV[11], KEYS[1])
 return FAILED
 """)
 
@@ -232,13 +262,15 @@ if status == QUEUED then
   redis.call('HSET', KEYS[1], 'status', CANCELLED, 'finished_at', ARGV[2])
   redis.call('ZREM', KEYS[2], ARGV[1])
   redis.call('DEL', KEYS[3])
+  refresh(ARGV[3], KEYS[1])
 elseif status == RUNNING then
   redis.call('SET', KEYS[4], '1', 'EX', ARGV[3])
+  refresh(ARGV[3], KEYS[1])
 end
 return redis.call('HGETALL', KEYS[1])
 """)
 
-#: KEYS job, queued, stream, inputs, cancel; ARGV group, entry, job_id, now
+#: KEYS job, queued, stream, inputs, cancel; ARGV group, entry, job_id, now, ttl
 #: -> the record's HGETALL after the call, or {} when expired
 MARK_CANCELLED: Final = _lua("""
 local group, entry, job_id = ARGV[1], ARGV[2], ARGV[3]
@@ -246,6 +278,7 @@ local status = redis.call('HGET', KEYS[1], 'status')
 if status and not FINAL[status] then
   redis.call('HSET', KEYS[1], 'status', CANCELLED, 'finished_at', ARGV[4])
   redis.call('DEL', KEYS[4])
+  refresh(ARGV[5], KEYS[1])
 end
 redis.call('DEL', KEYS[5])
 redis.call('ZREM', KEYS[2], job_id)
@@ -254,7 +287,7 @@ if not status then return {} end
 return redis.call('HGETALL', KEYS[1])
 """)
 
-#: KEYS job, queued, stream; ARGV group, entry, job_id, consumer, idle_ms
+#: KEYS job, queued, stream, inputs; ARGV group, entry, job_id, consumer, idle_ms, now, ttl
 #: -> 'queued' (handed back), the current final status, or 'expired'
 RELEASE: Final = _lua("""
 local group, entry, job_id = ARGV[1], ARGV[2], ARGV[3]
@@ -265,8 +298,10 @@ local attempts = tonumber(redis.call('HGET', KEYS[1], 'attempts') or '0')
 redis.call('HSET', KEYS[1], 'status', QUEUED, 'attempts', math.max(0, attempts - 1),
   'tiles_done', 0)
 redis.call('HDEL', KEYS[1], 'started_at', 'worker', 'engine')
-redis.call('ZADD', KEYS[2], redis.call('HGET', KEYS[1], 'created_at'), job_id)
+-- Scored by this change, as its TTL: the queue drops members older than the TTL.
+redis.call('ZADD', KEYS[2], ARGV[6], job_id)
 -- Idle for the whole visibility timeout: the next receive of any worker takes it over.
 redis.call('XCLAIM', KEYS[3], group, ARGV[4], 0, entry, 'IDLE', ARGV[5], 'JUSTID')
+refresh(ARGV[7], KEYS[1], KEYS[4])
 return QUEUED
 """)

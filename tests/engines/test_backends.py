@@ -15,13 +15,14 @@ import torch
 from service.config import Settings
 from service.engines.base import TileBatch
 from service.engines.cache import engine_dir
-from service.engines.onnx_export import INPUT_NAME, OUTPUT_NAME
+from service.engines.onnx_export import INPUT_NAME, OUTPUT_NAME, export_onnx
 from service.engines.onnxruntime_engine import OnnxRuntimeEngine, ensure_onnx, onnx_path
 from service.engines.registry import load_model, open_engine, resolve_serving
 from service.engines.tensorrt_engine import PlanKey, TensorRTEngine
 from service.engines.torch_engine import TorchEngine, resolve_precision
 from service.errors import EngineUnavailable
-from service.model.checkpoint import load_afunet
+from service.model.checkpoint import load_afunet, read_state_dict
+from service.model.network import AFUNet, AFUNetConfig
 from service.model_repo import model_spec
 from tests.factories import GOLDEN_CHECKPOINT
 
@@ -102,11 +103,25 @@ def test_onnxruntime_engine_reuses_cached_exports(onnx_cache) -> None:
 
 
 @pytest.fixture(scope="module")
-def reduced_exports(tmp_path_factory) -> dict[str, Path]:
-    """The golden model's fp16 and bf16 48x64 graphs (the input of TensorRT's
-    reduced-precision plans), exported once per session."""
+def one_stage_model() -> AFUNet:
+    """The golden model cut to its first stage, with its weights: alignment, fusion,
+    channel attention and a plain and a shifted window block, so every kind of layer of
+    the full model, in a graph that exports in about a fifth of the CPU time (8 s instead
+    of 40 s per precision here; minutes on a busy 2-core CI machine)."""
+    model = AFUNet(AFUNetConfig(depths=(2,), num_heads=(4,)))
+    state = read_state_dict(GOLDEN_CHECKPOINT)
+    model.load_state_dict({k: state[k].float() for k in model.state_dict()})
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def reduced_exports(tmp_path_factory, one_stage_model) -> dict[str, Path]:
+    """fp16 and bf16 48x64 graphs of ``one_stage_model`` (the kind of graph TensorRT's
+    reduced-precision plans are built from), exported once per module."""
     cache = tmp_path_factory.mktemp("reduced")
-    return {p: ensure_onnx(cache, GOLDEN_CHECKPOINT, 48, 64, p) for p in ("fp16", "bf16")}
+    return {
+        p: export_onnx(one_stage_model, cache / f"{p}.onnx", 48, 64, p) for p in ("fp16", "bf16")
+    }
 
 
 def _input_types(graph: onnx.ModelProto) -> dict[str, list[str]]:
@@ -123,7 +138,9 @@ def _input_types(graph: onnx.ModelProto) -> dict[str, list[str]]:
 
 
 @pytest.mark.parametrize(("precision", "low"), [("fp16", "FLOAT16"), ("bf16", "BFLOAT16")])
-def test_reduced_precision_graphs_keep_fragile_ops_in_fp32(reduced_exports, precision, low):
+def test_reduced_precision_graphs_keep_fragile_ops_in_fp32(
+    reduced_exports, one_stage_model, precision, low
+):
     graph = onnx.load(str(reduced_exports[precision]))
     onnx.checker.check_model(graph, full_check=True)
     assert {o.domain: o.version for o in graph.opset_import}[""] == 22
@@ -131,14 +148,17 @@ def test_reduced_precision_graphs_keep_fragile_ops_in_fp32(reduced_exports, prec
         assert io.type.tensor_type.elem_type == onnx.TensorProto.FLOAT, io.name
     ops = _input_types(graph)
     # Strongly typed TensorRT runs each layer in its graph type: these must say fp32.
-    assert set(ops["LayerNormalization"]) == {"FLOAT"} and len(ops["LayerNormalization"]) > 40
+    norms = sum(isinstance(m, torch.nn.LayerNorm) for m in one_stage_model.modules())
+    assert ops["LayerNormalization"] == ["FLOAT"] * norms  # each LayerNorm, all in fp32
     assert set(ops["ReduceL2"]) == {"FLOAT"}  # the channel attention's frame-wide norms
     # ... and the heavy layers the reduced type.
     assert set(ops["Conv"]) == {low}
     assert ops["MatMul"].count(low) >= 0.8 * len(ops["MatMul"])
 
 
-def test_reduced_precision_graphs_stay_within_the_parity_gate(reduced_exports, model) -> None:
+def test_reduced_precision_graphs_stay_within_the_parity_gate(
+    reduced_exports, one_stage_model
+) -> None:
     """Run the graphs themselves: fp16 in ONNX Runtime (with a dynamic batch), bf16 in
     ONNX's reference evaluator (ONNX Runtime's CPU provider has no bfloat16 Conv)."""
     import onnxruntime as ort
@@ -150,7 +170,7 @@ def test_reduced_precision_graphs_stay_within_the_parity_gate(reduced_exports, m
     scenes = probe_inputs(48, 64, seeds=(1, 2))
     x = np.concatenate([s.model_input() for s in scenes])
     with torch.inference_mode():
-        expected = model(torch.from_numpy(x)).numpy()
+        expected = one_stage_model(torch.from_numpy(x)).numpy()
     fp16 = ort.InferenceSession(str(reduced_exports["fp16"]), providers=["CPUExecutionProvider"])
     bf16 = ReferenceEvaluator(str(reduced_exports["bf16"]))
     outputs = {

@@ -60,7 +60,9 @@ def test_preprocessing_reproduces_official_input() -> None:
 def test_engine_batches_build_the_official_input_on_host_and_in_torch() -> None:
     exposures = load_scene_dir(GOLDEN_SEED0)
     expected = np.load(GOLDEN_SEED0 / "model_input.npy")
-    assert np.array_equal(whole_input(exposures), expected)
+    # A tolerance, not bit equality: the hdr channels go through a float32 power whose last
+    # bit depends on the numpy build and the CPU's SIMD path, not on our code.
+    assert np.abs(whole_input(exposures) - expected).max() <= 1e-6
     frames = torch.from_numpy(exposures.raw_crop(0, 0, exposures.height, exposures.width))
     on_device = build_model_input_torch(frames[None], exposures.evs).numpy()
     assert np.abs(on_device - expected).max() <= 1e-6

@@ -120,7 +120,10 @@ def test_padding_the_frames_equals_padding_the_model_input_as_the_official_test(
     ours = whole_input(padded)
     x = torch.from_numpy(whole_input(exposures))
     theirs = F.pad(x, (0, 3, 0, 2), mode="reflect").numpy()
-    assert np.array_equal(ours, theirs)
+    # Equal up to the last bit of the float32 power, which may take another SIMD path on
+    # arrays of another shape; a wrong reflection would differ by far more.
+    assert ours.shape == theirs.shape
+    assert np.abs(ours - theirs).max() <= 1e-6
 
 
 @pytest.mark.parametrize(("height", "width"), [(40, 56), (64, 30), (17, 128)])
