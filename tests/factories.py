@@ -157,9 +157,9 @@ def golden_output(evs: tuple[float, ...]) -> np.ndarray:
     """
     import torch
 
+    from service.engines.base import TileBatch
     from service.exposures import load_scene_dir
-    from service.model import load_afunet
-    from service.model.preprocess import TileBatch
+    from service.model.checkpoint import load_afunet
 
     exposures = load_scene_dir(GOLDEN_SEED0)
     crop = exposures.raw_crop(0, 0, exposures.height, exposures.width)
