@@ -288,13 +288,14 @@ class Client:
 
     def job(self, job_id: str) -> Job:
         """A job submitted earlier (by this key), as the server sees it now."""
-        return Job(self, self._get_job(job_id))
+        return Job(self, self.job_info(job_id))
 
     def models(self) -> ModelList:
         """``GET /v1/models``: what the workers serve and which model is the default."""
         return ModelList.model_validate_json(self.request("GET", "/v1/models").content)
 
-    def _get_job(self, job_id: str) -> JobPublic:
+    def job_info(self, job_id: str) -> JobPublic:
+        """``GET /v1/jobs/{id}``: the job's state now."""
         return JobPublic.model_validate_json(self.request("GET", f"/v1/jobs/{job_id}").content)
 
 
@@ -318,7 +319,7 @@ class Job:
 
     def refresh(self) -> JobPublic:
         """Read the job's state again."""
-        self.info = self.client._get_job(self.id)
+        self.info = self.client.job_info(self.id)
         return self.info
 
     def wait(

@@ -109,6 +109,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 def on_progress(done: int, total: int) -> None:
                     if total and bar.total != total:
                         bar.total = total
+                    bar.set_postfix_str(job.status.value, refresh=False)  # queued, running
                     bar.update(done - bar.n)
 
                 info = job.wait(progress=on_progress, timeout=args.timeout)
