@@ -76,7 +76,13 @@ class RetryPolicy:
 
 class ClientError(ServiceError):
     """A request that failed: the API's answer (``status``, ``code``, ``message`` from its
-    :class:`~service.api.schemas.ErrorBody`), or no answer at all (``status`` None)."""
+    :class:`~service.api.schemas.ErrorBody`), or no answer at all (``status`` None).
+
+    It carries any of the API's errors, so ``retryable`` is decided per instance, from
+    the status: no answer, 429, 503 and other 5xx may pass later; another 4xx never does.
+    """
+
+    retryable = True
 
     def __init__(
         self,
@@ -99,11 +105,17 @@ class ClientError(ServiceError):
 
 
 class JobFailed(ClientError):
-    """The job reached ``failed`` or ``cancelled``: it has no result. ``job`` says why."""
+    """The job reached ``failed`` or ``cancelled``: it has no result. ``job`` says why.
+
+    Not retryable: the worker already retried what could pass (``job.attempts``).
+    """
+
+    retryable = False
 
     def __init__(self, job: JobPublic) -> None:
         reason = f": {job.error}" if job.error else ""
         super().__init__(f"job {job.id} {job.status.value}{reason}", code=f"job_{job.status.value}")
+        self.retryable = False
         self.job = job
 
 

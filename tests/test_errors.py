@@ -32,6 +32,8 @@ RETRYABLE = {
     "NotReady": True,
     "InvalidDataset": False,
     "ModelNotServed": False,
+    "ClientError": True,  # the class default; an instance decides from its HTTP status
+    "JobFailed": False,
 }
 
 

@@ -155,6 +155,7 @@ def test_retries_stop_after_the_attempts_of_the_policy() -> None:
     assert len(script.seen) == 3
     assert (exc.value.status, exc.value.code) == (503, "unavailable")
     assert exc.value.message == "unavailable, as scripted" and exc.value.retry_after == 0
+    assert exc.value.retryable  # later, it may pass
 
 
 def test_a_retry_after_beyond_the_wait_budget_is_raised_at_once() -> None:
@@ -176,6 +177,7 @@ def test_other_refusals_are_never_retried() -> None:
         client.submit(EXPOSURES)
 
     assert len(script.seen) == 1 and exc.value.code == "invalid_exposure_set"
+    assert not exc.value.retryable
 
 
 def test_an_answer_that_is_not_the_api_s_still_says_what_came_back() -> None:
