@@ -163,7 +163,7 @@ def encode_array(frame: np.ndarray) -> tuple[str, bytes]:
         from PIL import Image
 
         stream = io.BytesIO()
-        Image.fromarray(np.ascontiguousarray(frame), mode="RGB").save(stream, format="PNG")
+        Image.fromarray(np.ascontiguousarray(frame)).save(stream, format="PNG")
         return "png", stream.getvalue()
     if frame.dtype == np.uint16:
         import tifffile
@@ -204,7 +204,6 @@ class Client:
         api_key: str | None = None,
         timeout: float = 60.0,
         retry: RetryPolicy | None = None,
-        transport: httpx.BaseTransport | None = None,
     ) -> None:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.url = url.rstrip("/")
@@ -214,7 +213,6 @@ class Client:
             headers=headers,
             timeout=timeout,
             follow_redirects=True,
-            transport=transport,
         )
 
     def __enter__(self) -> Client:
@@ -238,6 +236,11 @@ class Client:
         while True:
             try:
                 response = self._http.request(method, path, **kwargs)
+            except httpx.TimeoutException as exc:
+                raise ClientError(
+                    f"{self.url} did not answer {method} {path} in time ({type(exc).__name__})",
+                    code="timeout",
+                ) from exc
             except httpx.TransportError as exc:
                 raise ClientError(
                     f"cannot reach {self.url}: {exc or type(exc).__name__}", code="unreachable"

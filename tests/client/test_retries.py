@@ -8,6 +8,7 @@ produced on demand, which a healthy service never does.
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -233,3 +234,15 @@ def test_retry_after_reads_seconds_and_http_dates(
 ) -> None:
     now = datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()
     assert retry_after_seconds(header, now=now) == seconds
+
+
+def test_a_service_that_never_answers_is_a_timeout() -> None:
+    with socket.socket() as listener:  # accepts connections (the backlog), answers nothing
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        with Client(url, timeout=0.3) as client, pytest.raises(ClientError) as exc:
+            client.job(JOB_ID)
+
+    assert exc.value.status is None and exc.value.code == "timeout"
+    assert f"GET /v1/jobs/{JOB_ID}" in exc.value.message
