@@ -12,7 +12,7 @@ set -eu
 
 case "${1:-}" in
     # The sub-commands of service/cli.py (tests/deploy checks that the lists agree).
-    api | worker | serve | infer | export | evaluate | synth)
+    api | worker | serve | infer | export | evaluate | synth | submit)
         exec hdr-service "$@"
         ;;
     -*)

@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "export": "export",
     "evaluate": "evaluate",
     "synth": "synth",
+    "submit": "submit",
 }
 
 

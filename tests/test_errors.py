@@ -34,6 +34,8 @@ RETRYABLE = {
     "ModelNotServed": False,
     "StoreUnavailable": True,
     "BlobNotFound": False,
+    "ClientError": True,  # the class default; an instance decides from its HTTP status
+    "JobFailed": False,
 }
 
 
