@@ -12,7 +12,7 @@ import io
 import numpy as np
 import tifffile
 
-from service.errors import UnsupportedImage
+from service.errors import IncompleteImage, UnsupportedImage
 from service.imaging.exif import parse_exif
 from service.imaging.formats import ImageFormat, ImageInfo, label
 
@@ -88,6 +88,28 @@ def _check_page(tif: tifffile.TiffFile, name: str | None) -> tifffile.TiffPage:
     return page
 
 
+def _check_strips(page: tifffile.TiffPage, size: int, name: str | None) -> None:
+    """:class:`IncompleteImage` unless every strip or tile lies wholly inside the file.
+
+    tifffile fills strips that lie past the end of the file (or have no bytes) with zeros
+    instead of failing: a cut-off upload must be refused, not decoded half black.
+    """
+    offsets, counts = page.dataoffsets, page.databytecounts
+    if len(offsets) == 0 or len(offsets) != len(counts):
+        raise IncompleteImage(f"{label(name)}truncated TIFF: no pixel data")
+    for offset, count in zip(offsets, counts, strict=True):
+        if count == 0 or offset + count > size:
+            raise IncompleteImage(
+                f"{label(name)}truncated TIFF: pixel data missing or past the end of the file"
+            )
+
+
+def check_complete(data: bytes, info: ImageInfo, name: str | None) -> None:
+    """:class:`IncompleteImage` unless every strip's bytes are in the file (nothing decoded)."""
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        _check_strips(_check_page(tif, name), len(data), name)
+
+
 def read_header(data: bytes, name: str | None) -> ImageInfo:
     """The TIFF's :class:`ImageInfo`; :class:`UnsupportedImage` unless one 8/16-bit RGB page."""
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
@@ -112,13 +134,7 @@ def read_pixels(data: bytes, info: ImageInfo, name: str | None) -> np.ndarray:
     """The H x W x 3 samples exactly as stored (uint8 or uint16, native byte order)."""
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
         page = _check_page(tif, name)
-        # tifffile fills strips that lie past the end of the file (or have no bytes) with
-        # zeros instead of failing: a cut-off upload must be refused, not half black.
-        for offset, count in zip(page.dataoffsets, page.databytecounts, strict=False):
-            if count == 0 or offset + count > len(data):
-                raise UnsupportedImage(
-                    f"{label(name)}truncated TIFF: pixel data missing or past the end of the file"
-                )
+        _check_strips(page, len(data), name)
         pixels = page.asarray()
         if page.planarconfig == tifffile.PLANARCONFIG.SEPARATE:
             pixels = np.moveaxis(pixels, 0, -1)
