@@ -101,6 +101,15 @@ class Settings(BaseSettings):
         " with the job instead.",
     )
 
+    # --- hostile input and a stalled Redis -------------------------------------------
+    probe_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Deadline for checking a request's three files (headers and the"
+        " completeness of their pixel data), run off the event loop; past it the request"
+        " is refused with 413.",
+    )
+
     # --- worker --------------------------------------------------------------------------
     worker_id: str = Field(
         "",
