@@ -109,6 +109,13 @@ class Settings(BaseSettings):
         " completeness of their pixel data), run off the event loop; past it the request"
         " is refused with 413.",
     )
+    request_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="Deadline of each Redis call the API makes for a request (no retry on a"
+        " timeout); a Redis that does not answer within it makes the request a 503 with"
+        " Retry-After.",
+    )
 
     # --- worker --------------------------------------------------------------------------
     worker_id: str = Field(

@@ -57,7 +57,9 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with open_broker(settings, client_name="hdr-api") as broker:
+        async with open_broker(
+            settings, client_name="hdr-api", deadline=settings.request_timeout_seconds
+        ) as broker:
             app.state.broker = broker
             yield
 

@@ -151,7 +151,9 @@ async def handle_error(request: Request, exc: Exception) -> JSONResponse:
         )
     if isinstance(exc, RedisError | ConnectionError | TimeoutError):
         log.warning("Redis unavailable during %s %s: %s", request.method, request.url.path, exc)
-        return _service_error(Unavailable(f"the job queue is unavailable ({type(exc).__name__})"))
+        return _service_error(
+            Unavailable(f"Redis (the job queue) is unavailable or too slow ({type(exc).__name__})")
+        )
     log.exception("unhandled error in %s %s", request.method, request.url.path)
     return error_response(500, "internal_error", "internal error; it has been logged")
 
