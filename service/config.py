@@ -116,6 +116,12 @@ class Settings(BaseSettings):
         " timeout); a Redis that does not answer within it makes the request a 503 with"
         " Retry-After.",
     )
+    body_read_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Longest wait for the next piece of a request body; a client that stops"
+        " sending is answered 408 and disconnected.",
+    )
 
     # --- worker --------------------------------------------------------------------------
     worker_id: str = Field(

@@ -36,6 +36,7 @@ _HTTP_CODES: Final = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     409: "conflict",
     413: "request_too_large",
     415: "unsupported_media_type",
@@ -64,6 +65,13 @@ class RequestTooLarge(ServiceError):
 
     code = "request_too_large"
     http_status = 413
+
+
+class BodyTimeout(ServiceError):
+    """The client stopped sending its request body for ``body_read_timeout_seconds``."""
+
+    code = "request_timeout"
+    http_status = 408
 
 
 class ModelUnavailable(ServiceError):

@@ -1,9 +1,10 @@
-"""Issue 12: hostile uploads cannot freeze the API, and a 202 means the
+"""Issue 12: hostile uploads and slow clients cannot freeze the API, and a 202 means the
 pixels are all there. Real uvicorn on loopback, real sockets."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import statistics
 import time
 import zlib
@@ -23,6 +24,7 @@ from tests.worker.harness import api_server
 CRAFTED_COMMENTS = 1_500_000
 #: The liveness answer must not wait for anyone's upload checks.
 HEALTHZ_MEDIAN_SECONDS = 0.1
+BODY_TIMEOUT = 0.5
 
 
 @pytest.fixture
@@ -38,6 +40,15 @@ def hardened(service_settings: Settings) -> Settings:
 @pytest.fixture
 def url(hardened: Settings) -> Iterator[str]:
     with api_server(hardened) as base:
+        yield base
+
+
+@pytest.fixture
+def impatient_url(hardened: Settings) -> Iterator[str]:
+    """An API that waits only BODY_TIMEOUT for each piece of a body."""
+    with api_server(
+        hardened.model_copy(update={"body_read_timeout_seconds": BODY_TIMEOUT})
+    ) as base:
         yield base
 
 
@@ -134,3 +145,44 @@ def test_an_exposure_cut_short_is_422_naming_the_file(url: str, keep: float) -> 
             "/v1/jobs", files=exposure_files(uploads), data={"exposure_values": "-2,0,2"}
         )
     _assert_error(response, 422, "incomplete_image", "ev1.png", "truncated PNG")
+
+
+def _read_answer(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_a_request_whose_body_never_comes_is_answered_408_and_closed(impatient_url: str) -> None:
+    port = int(impatient_url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v1/jobs HTTP/1.1\r\nHost: test\r\n"
+            b"Content-Type: multipart/form-data; boundary=x\r\nContent-Length: 100000\r\n\r\n"
+        )
+        started = time.monotonic()
+        answer = _read_answer(sock)  # the server closes: recv returns b""
+        elapsed = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    assert b'"request_timeout"' in answer
+    assert BODY_TIMEOUT <= elapsed < BODY_TIMEOUT + 5
+
+
+def test_a_slow_but_steady_body_is_not_cut_off(impatient_url: str) -> None:
+    port = int(impatient_url.rsplit(":", 1)[1])
+    body = b'--x\r\nContent-Disposition: form-data; name="exposure_values"\r\n\r\n0\r\n--x--\r\n'
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v1/jobs HTTP/1.1\r\nHost: test\r\nConnection: close\r\n"
+            b"Content-Type: multipart/form-data; boundary=x\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        )
+        for start in range(0, len(body), 16):  # four pieces, each well within the timeout
+            time.sleep(BODY_TIMEOUT / 3)
+            sock.sendall(body[start : start + 16])
+        answer = _read_answer(sock)
+    # the whole body arrived: the form is judged (no files), not timed out
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    assert b"exposures" in answer
