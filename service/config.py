@@ -155,7 +155,9 @@ class Settings(BaseSettings):
         " for re-delivery; keep it below Kubernetes' terminationGracePeriodSeconds.",
     )
     worker_metrics_host: str = Field(
-        "0.0.0.0", description="Address of the worker's /metrics and health port."
+        "127.0.0.1",
+        description="Address of the worker's /metrics and health port; loopback unless set"
+        " (the Dockerfile, compose file and Kubernetes manifests set 0.0.0.0).",
     )
     worker_metrics_port: int = Field(
         9108,
