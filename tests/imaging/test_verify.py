@@ -14,6 +14,7 @@ from service.errors import IncompleteImage, UnsupportedImage
 from service.imaging import ImageFormat, decode, probe, verify
 from service.imaging.jpeg import MAX_HEADER_MARKERS
 from service.imaging.png import MAX_CHUNKS
+from service.imaging.tiff import MAX_PAGES_COUNTED
 from tests.imaging.builders import (
     PNG_SIGNATURE,
     pillow_bytes,
@@ -130,3 +131,27 @@ def test_png_of_millions_of_empty_chunks_is_refused_at_once(rgb8: np.ndarray) ->
     with pytest.raises(UnsupportedImage, match=f"more than {MAX_CHUNKS} chunks"):
         verify(crafted, "slow.png")
     assert time.perf_counter() - started < QUICK_SECONDS
+
+
+def _tiff_with_pages(count: int) -> bytes:
+    """A 16x16 RGB TIFF whose IFD0 chains ``count`` more one-entry IFDs behind it."""
+    data = bytearray(tiff_bytes(np.zeros((16, 16, 3), np.uint8), photometric="rgb"))
+    (ifd0,) = struct.unpack_from("<I", data, 4)
+    (entries,) = struct.unpack_from("<H", data, ifd0)
+    data += b"\x00" * (len(data) % 2)
+    struct.pack_into("<I", data, ifd0 + 2 + 12 * entries, len(data))
+    start = len(data)
+    for i in range(count):
+        following = start + 18 * (i + 1) if i < count - 1 else 0
+        data += struct.pack("<HHHIII", 1, 256, 4, 1, 1, following)  # ImageWidth=1
+    return bytes(data)
+
+
+def test_tiff_of_millions_of_pages_is_refused_without_counting_them_all() -> None:
+    crafted = _tiff_with_pages(3_000_000)  # 54 MB; counting every IFD took 4 s
+    started = time.perf_counter()
+    with pytest.raises(UnsupportedImage, match=f"more than {MAX_PAGES_COUNTED} pages"):
+        verify(crafted, "pages.tif")
+    assert time.perf_counter() - started < QUICK_SECONDS
+    with pytest.raises(UnsupportedImage, match=r"multi-page TIFF \(3 pages\)"):
+        verify(_tiff_with_pages(2), "pages.tif")
