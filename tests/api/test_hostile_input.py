@@ -186,3 +186,15 @@ def test_a_slow_but_steady_body_is_not_cut_off(impatient_url: str) -> None:
     # the whole body arrived: the form is judged (no files), not timed out
     assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
     assert b"exposures" in answer
+
+
+def test_files_whose_checks_outlast_the_probe_deadline_are_413(hardened: Settings) -> None:
+    """8000 x 8000 PNGs: 192 MB to inflate each, far more than the 5 ms allowed here."""
+    hurried = hardened.model_copy(update={"probe_timeout_seconds": 0.005})
+    uploads = [(f"big{i}.png", _big_png(8000, 8000, i)) for i in range(3)]
+    with api_server(hurried) as base, httpx.Client(base_url=base, timeout=60) as client:
+        response = client.post(
+            "/v1/jobs", files=exposure_files(uploads), data={"exposure_values": "-2,0,2"}
+        )
+        assert client.get("/healthz").status_code == 200
+    _assert_error(response, 413, "image_too_large", "big0.png", "took longer than 0.005 s")
