@@ -21,6 +21,7 @@ from tests.imaging.builders import (
     png_bytes,
     png_chunk,
     png_ihdr,
+    png_interlaced_bytes,
     tiff_bytes,
 )
 
@@ -32,6 +33,8 @@ def _samples(rgb8: np.ndarray, rgb16: np.ndarray) -> dict[str, bytes]:
     return {
         "png8": png_bytes(rgb8),
         "png16": png_bytes(rgb16),
+        "png16-interlaced": png_interlaced_bytes(rgb16),
+        "png8-interlaced": png_interlaced_bytes(rgb8[:45, :61]),
         "jpeg": pillow_bytes(rgb8, "JPEG"),
         "jpeg-progressive": pillow_bytes(rgb8, "JPEG", progressive=True),
         "tiff": tiff_bytes(rgb16, photometric="rgb"),
@@ -40,7 +43,17 @@ def _samples(rgb8: np.ndarray, rgb16: np.ndarray) -> dict[str, bytes]:
     }
 
 
-KINDS = ["png8", "png16", "jpeg", "jpeg-progressive", "tiff", "tiff-lzw", "tiff-tiled"]
+KINDS = [
+    "png8",
+    "png16",
+    "png16-interlaced",
+    "png8-interlaced",
+    "jpeg",
+    "jpeg-progressive",
+    "tiff",
+    "tiff-lzw",
+    "tiff-tiled",
+]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -155,3 +168,14 @@ def test_tiff_of_millions_of_pages_is_refused_without_counting_them_all() -> Non
     assert time.perf_counter() - started < QUICK_SECONDS
     with pytest.raises(UnsupportedImage, match=r"multi-page TIFF \(3 pages\)"):
         verify(_tiff_with_pages(2), "pages.tif")
+
+
+@pytest.mark.parametrize("shape", [(48, 64), (45, 61), (1, 1), (3, 2), (9, 1)])
+def test_interlaced_png_verifies_and_decodes_to_its_pixels(
+    shape: tuple[int, int], rgb16: np.ndarray
+) -> None:
+    """The expected size of an Adam7 stream is the sum of its passes, empty ones skipped."""
+    pixels = np.ascontiguousarray(rgb16[: shape[0], : shape[1]])
+    data = png_interlaced_bytes(pixels)
+    verify(data, "adam7.png")
+    np.testing.assert_array_equal(decode(data).pixels, pixels)
