@@ -167,7 +167,7 @@ def test_a_request_whose_body_never_comes_is_answered_408_and_closed(impatient_u
         elapsed = time.monotonic() - started
     assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
     assert b'"request_timeout"' in answer
-    assert BODY_TIMEOUT <= elapsed < BODY_TIMEOUT + 5
+    assert 0.8 * BODY_TIMEOUT <= elapsed < BODY_TIMEOUT + 5  # the server's clock starts first
 
 
 def test_a_slow_but_steady_body_is_not_cut_off(impatient_url: str) -> None:
