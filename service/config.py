@@ -118,6 +118,28 @@ class Settings(BaseSettings):
         " with the job instead.",
     )
 
+    # --- hostile input and a stalled Redis -------------------------------------------
+    probe_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Deadline for checking a request's three files (headers and the"
+        " completeness of their pixel data), run off the event loop; past it the request"
+        " is refused with 413.",
+    )
+    request_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="Deadline of each Redis call the API makes for a request (no retry on a"
+        " timeout); a Redis that does not answer within it makes the request a 503 with"
+        " Retry-After.",
+    )
+    body_read_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="Longest wait for the next piece of a request body; a client that stops"
+        " sending is answered 408 and disconnected.",
+    )
+
     # --- worker --------------------------------------------------------------------------
     worker_id: str = Field(
         "",
@@ -150,7 +172,9 @@ class Settings(BaseSettings):
         " for re-delivery; keep it below Kubernetes' terminationGracePeriodSeconds.",
     )
     worker_metrics_host: str = Field(
-        "0.0.0.0", description="Address of the worker's /metrics and health port."
+        "127.0.0.1",
+        description="Address of the worker's /metrics and health port; loopback unless set"
+        " (the Dockerfile, compose file and Kubernetes manifests set 0.0.0.0).",
     )
     worker_metrics_port: int = Field(
         9108,

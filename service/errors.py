@@ -51,6 +51,18 @@ class UnsupportedImage(ServiceError):
     retryable = False
 
 
+class IncompleteImage(UnsupportedImage):
+    """An input's header is sound but its pixel data is cut short (no IEND or EOI marker,
+    a deflate stream that ends early, TIFF strips past the end of the file).
+
+    422, not 415: the format is supported and the file names itself as one; what it
+    declares is not all there, so the job would only fail later in the worker.
+    """
+
+    code = "incomplete_image"
+    http_status = 422
+
+
 class ImageTooLarge(ServiceError):
     """An input exceeds the configured byte or pixel limits."""
 

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 
 from service.api.deps import key_hashes
 from service.api.errors import install_error_handlers
-from service.api.middleware import BodySizeLimit, RequestMetrics
+from service.api.middleware import BodyReadTimeout, BodySizeLimit, RequestMetrics
 from service.api.openapi import install_openapi
 from service.api.routes import health, jobs, models
 from service.api.uploads import request_body_limit
@@ -58,7 +58,9 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with open_broker(settings, client_name="hdr-api") as broker:
+        async with open_broker(
+            settings, client_name="hdr-api", deadline=settings.request_timeout_seconds
+        ) as broker:
             app.state.broker = broker
             yield
 
@@ -77,7 +79,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(models.router)
     app.include_router(health.router)
     install_openapi(app, auth=bool(settings.api_keys))
-    # Added last = outermost: metrics also count the 413s the body bound answers.
+    # Added last = outermost: metrics also count the 413s and 408s the body bounds answer.
     app.add_middleware(BodySizeLimit, max_bytes=request_body_limit(settings))
+    app.add_middleware(BodyReadTimeout, seconds=settings.body_read_timeout_seconds)
     app.add_middleware(RequestMetrics, metrics=metrics, router=app.router)
     return app

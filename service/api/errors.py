@@ -40,6 +40,7 @@ _HTTP_CODES: Final = {
     403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     409: "conflict",
     413: "request_too_large",
     415: "unsupported_media_type",
@@ -71,6 +72,13 @@ class RequestTooLarge(ServiceError):
     code = "request_too_large"
     http_status = 413
     retryable = False
+
+
+class BodyTimeout(ServiceError):
+    """The client stopped sending its request body for ``body_read_timeout_seconds``."""
+
+    code = "request_timeout"
+    http_status = 408
 
 
 class ModelUnavailable(ServiceError):
@@ -181,7 +189,9 @@ async def handle_error(request: Request, exc: Exception) -> JSONResponse:
         return error_response(exc.status_code, code, message, headers or None)
     if isinstance(exc, RedisError | ConnectionError | TimeoutError):
         log.warning("Redis unavailable during %s %s: %s", request.method, request.url.path, exc)
-        return _service_error(Unavailable(f"the job queue is unavailable ({type(exc).__name__})"))
+        return _service_error(
+            Unavailable(f"Redis (the job queue) is unavailable or too slow ({type(exc).__name__})")
+        )
     log.exception("unhandled error in %s %s", request.method, request.url.path)
     return error_response(500, "internal_error", "internal error; it has been logged")
 

@@ -1,4 +1,5 @@
-"""Pure ASGI middleware of the API: the request-body bound and request metrics.
+"""Pure ASGI middleware of the API: the request-body bounds (size, read timeout) and
+request metrics.
 
 Pure ASGI rather than ``BaseHTTPMiddleware`` because both must see the raw ``receive``
 and ``send`` streams: the bound stops a body before the multipart parser spools it to
@@ -7,12 +8,14 @@ disk, and the metrics need the status even of answers sent by other middleware.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from starlette.routing import Match, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.errors import RequestTooLarge, error_response
+from service.api.errors import BodyTimeout, RequestTooLarge, error_response
+from service.errors import ServiceError
 from service.metrics import ApiMetrics
 
 #: Route label of requests that matched no route (keeps label values bounded).
@@ -21,11 +24,17 @@ UNMATCHED = "unmatched"
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
-async def _reject_too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
-    error = RequestTooLarge(f"request body exceeds the limit of {limit} bytes")
+async def _reject(scope: Scope, receive: Receive, send: Send, error: ServiceError) -> None:
+    """Answer ``error`` and close the connection: the rest of the body is never read."""
     response = error_response(error.http_status, error.code, error.message)
     response.headers["Connection"] = "close"
     await response(scope, receive, send)
+
+
+async def _reject_too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+    await _reject(
+        scope, receive, send, RequestTooLarge(f"request body exceeds the limit of {limit} bytes")
+    )
 
 
 class BodySizeLimit:
@@ -82,6 +91,63 @@ class BodySizeLimit:
         except RequestTooLarge:
             if not started:
                 await _reject_too_large(scope, receive, send, self.max_bytes)
+
+
+class BodyReadTimeout:
+    """Answer 408 and close when a client stops sending its body for ``seconds``.
+
+    uvicorn bounds idle keep-alive connections but not a body that never comes: a client
+    that sends headers (a large ``Content-Length``) and then nothing held its connection
+    and a request slot for as long as it liked. The wait for each piece of the body is
+    bounded, not the whole upload, so a slow but steady client still gets through. Once
+    the body is complete ``receive`` is passed through untouched (it then only reports a
+    disconnect, which may rightly take as long as the answer does). As in
+    :class:`BodySizeLimit`, whatever the app answers after the timeout (FastAPI reports
+    a failed body read as a 400) is replaced by the 408.
+    """
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        error = BodyTimeout(f"no request body received for {self.seconds:g} s")
+        body_done = tripped = started = False
+
+        async def timed_receive() -> Message:
+            nonlocal body_done, tripped
+            if body_done:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.seconds)
+            except TimeoutError:
+                tripped = True
+                raise error from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                if started:
+                    return
+                started = True
+                if tripped:
+                    await _reject(scope, receive, send, error)
+                    return
+            elif tripped:
+                return  # the body of the answer the 408 replaced
+            await send(message)
+
+        try:
+            await self.app(scope, timed_receive, guarded_send)
+        except BodyTimeout:
+            if not started:
+                await _reject(scope, receive, send, error)
 
 
 def _content_length(scope: Scope) -> int | None:

@@ -2,7 +2,8 @@
 
 Run in the API before anything is queued, cheapest first, and never decoding a pixel:
 count of files, bytes per file, format and size from the header alone (:func:`probe`
-refuses decompression bombs by their declared pixel count), minimum size, equal sizes,
+refuses decompression bombs by their declared pixel count) and complete pixel data, in a
+thread under a deadline (:func:`verify_uploads`), minimum size, equal sizes,
 then the exposure metadata (form fields or EXIF), which decides the order the frames are
 stored in: short to long, as the model wants them. Each failure is the ``ServiceError``
 whose status the HTTP contract names, with a message that names the field or file.
@@ -31,6 +32,7 @@ from typing import Any, Final
 
 from fastapi import UploadFile
 
+from service.api.probing import verify_uploads
 from service.api.schemas import JobCreate
 from service.config import Settings
 from service.errors import BadRequest, ImageTooLarge, InvalidExposureSet
@@ -40,7 +42,7 @@ from service.exposures import (
     parse_exposure_values,
     relative_to_shortest,
 )
-from service.imaging import EXPOSURE_COUNT, ImageInfo, check_bracket, probe
+from service.imaging import EXPOSURE_COUNT, ImageInfo, check_bracket
 
 #: Form fields besides the files: one MiB is far more than any honest form needs.
 FORM_OVERHEAD_BYTES: Final = 1024 * 1024
@@ -179,9 +181,7 @@ async def read_submission(form: JobCreate, settings: Settings) -> Submission:
         await _read_bounded(upload, name, settings.max_upload_bytes)
         for upload, name in zip(uploads, names, strict=True)
     ]
-    infos = [
-        probe(blob, name, settings.max_pixels) for blob, name in zip(blobs, names, strict=True)
-    ]
+    infos = await verify_uploads(blobs, names, settings)
     for info, name in zip(infos, names, strict=True):
         if min(info.width, info.height) < settings.min_side:
             raise InvalidExposureSet(

@@ -1,8 +1,10 @@
 """Decoding uploaded exposures and encoding HDR results; no HTTP, Redis or torch here.
 
 Uploads: :func:`probe` reads a header (format, size, bit depth, EXIF exposure) without
-decoding pixels, so limits are enforced before any allocation; :func:`decode` returns the
-stored samples exactly; :func:`to_unit_float` applies the model's input convention.
+decoding pixels, so limits are enforced before any allocation; :func:`verify` also checks
+that the pixel data is complete (a bounded inflate at most, no decode); :func:`decode`
+returns the stored samples exactly; :func:`to_unit_float` applies the model's input
+convention.
 Results: :func:`encode_result` / :func:`write_result` write OpenEXR, Radiance RGBE or a
 mu-law tone-mapped PNG preview.
 """
@@ -14,6 +16,7 @@ from service.imaging.decode import (
     exif_exposure,
     probe,
     read_image,
+    verify,
 )
 from service.imaging.exif import ExifExposure, parse_exif
 from service.imaging.exr import HALF_MAX, ExrDtype, decode_exr, encode_exr
@@ -50,6 +53,7 @@ __all__ = [
     "read_image",
     "sniff_format",
     "to_unit_float",
+    "verify",
     "widen_to_16bit",
     "write_result",
 ]

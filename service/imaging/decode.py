@@ -26,13 +26,20 @@ class _Reader(NamedTuple):
     header: Callable[[bytes, str | None], ImageInfo]
     pixels: Callable[[bytes, ImageInfo, str | None], np.ndarray]
     exif: Callable[[bytes], bytes | None]
+    complete: Callable[[bytes, ImageInfo, str | None], None]
 
 
 _READERS: dict[ImageFormat, _Reader] = {
-    ImageFormat.PNG: _Reader(png.read_header, png.read_pixels, png.read_exif),
-    ImageFormat.JPEG: _Reader(jpeg.read_header, jpeg.read_pixels, jpeg.read_exif),
-    ImageFormat.TIFF: _Reader(tiff.read_header, tiff.read_pixels, tiff.read_exif),
-    ImageFormat.HEIF: _Reader(heif.read_header, heif.read_pixels, heif.read_exif),
+    ImageFormat.PNG: _Reader(png.read_header, png.read_pixels, png.read_exif, png.check_complete),
+    ImageFormat.JPEG: _Reader(
+        jpeg.read_header, jpeg.read_pixels, jpeg.read_exif, jpeg.check_complete
+    ),
+    ImageFormat.TIFF: _Reader(
+        tiff.read_header, tiff.read_pixels, tiff.read_exif, tiff.check_complete
+    ),
+    ImageFormat.HEIF: _Reader(
+        heif.read_header, heif.read_pixels, heif.read_exif, heif.check_complete
+    ),
 }
 
 _T = TypeVar("_T")
@@ -83,6 +90,21 @@ def probe(data: bytes, name: str | None = None, max_pixels: int | None = None) -
     fmt = sniff_format(data, name)
     info = _guarded(fmt, name, lambda: _READERS[fmt].header(data, name))
     check_pixel_limit(info, max_pixels, name)
+    return info
+
+
+def verify(data: bytes, name: str | None = None, max_pixels: int | None = None) -> ImageInfo:
+    """:func:`probe`, then check that the pixel data is all there, still without decoding.
+
+    What the API runs before it queues a job, so that a 202 means the worker's decode
+    will find every pixel: a cut-off file is :class:`IncompleteImage` (422) here instead
+    of a failed job later. PNG: IEND present and the IDAT stream inflates (output thrown
+    away) to exactly the declared rows; JPEG: an EOI marker after the scan; TIFF: every
+    strip or tile inside the file. CPU-bound on big PNGs (an inflate of the declared
+    size): callers on an event loop run it in a thread.
+    """
+    info = probe(data, name, max_pixels)
+    _guarded(info.format, name, lambda: _READERS[info.format].complete(data, info, name))
     return info
 
 

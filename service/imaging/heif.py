@@ -26,7 +26,7 @@ from collections.abc import Iterator
 import numpy as np
 import pillow_heif
 
-from service.errors import UnsupportedImage
+from service.errors import IncompleteImage, UnsupportedImage
 from service.imaging.exif import parse_exif
 from service.imaging.formats import ImageFormat, ImageInfo, iso_brands, label
 
@@ -171,6 +171,18 @@ def read_header(data: bytes, name: str | None) -> ImageInfo:
         exposure=parse_exif(image.info.get("exif")),
         coded_pixels=coded,
     )
+
+
+def check_complete(data: bytes, info: ImageInfo, name: str | None) -> None:
+    """:class:`IncompleteImage` unless the coded image data (an ``mdat`` box) is there.
+
+    :func:`read_header` already walked every top-level box and refused one that runs past
+    the end of the file; what it cannot tell is a file cut exactly at a box boundary, after
+    the metadata and before the image data, which libheif would only notice while decoding
+    in the worker.
+    """
+    if not any(kind == b"mdat" for kind, _, _ in _boxes(data, 0, len(data), name)):
+        raise IncompleteImage(f"{label(name)}truncated HEIF: the image data (mdat) is missing")
 
 
 def read_exif(data: bytes) -> bytes | None:

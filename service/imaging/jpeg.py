@@ -12,11 +12,12 @@ from __future__ import annotations
 import io
 import struct
 from collections.abc import Iterator
+from typing import Final
 
 import numpy as np
 from PIL import JpegImagePlugin
 
-from service.errors import UnsupportedImage
+from service.errors import IncompleteImage, UnsupportedImage
 from service.imaging.exif import parse_exif
 from service.imaging.formats import ImageFormat, ImageInfo, label
 
@@ -27,14 +28,29 @@ _MODES: dict[str, str] = {
 
 _SOS, _EOI, _APP1 = 0xDA, 0xD9, 0xE1
 _EXIF_HEADER = b"Exif\x00\x00"
-# Markers that stand alone, without a length: TEM and the restart markers RST0..RST7.
-_STANDALONE = {0x01, *range(0xD0, 0xD8)}
+# Markers that stand alone, without a length: TEM, the restart markers RST0..RST7 and SOI
+# (skipped where it repeats, as Pillow skips it, so both walks see the same segments).
+_STANDALONE = {0x01, *range(0xD0, 0xD9)}
+#: Most markers, segments and fill bytes a header may hold before its first scan. Real
+#: files have a few dozen (APPn, DQT, DHT, SOF, DRI; ICC profiles split over a few APP2);
+#: the bound stops a file of a million empty comments from costing seconds of parsing,
+#: here and in Pillow's walk of the same markers.
+MAX_HEADER_MARKERS: Final = 1024
+_EOI_MARKER = b"\xff\xd9"
 
 
-def _segments(data: bytes) -> Iterator[tuple[int, int, int]]:
-    """(marker, start, end) of each length-carrying segment before the image data."""
+def _segments(data: bytes, name: str | None = None) -> Iterator[tuple[int, int, int]]:
+    """(marker, start, end) of each length-carrying segment up to and including the first
+    scan's header (SOS); :class:`UnsupportedImage` past :data:`MAX_HEADER_MARKERS`."""
     pos = 2  # after SOI
+    steps = 0
     while pos + 4 <= len(data):
+        steps += 1
+        if steps > MAX_HEADER_MARKERS:
+            raise UnsupportedImage(
+                f"{label(name)}JPEG header has more than {MAX_HEADER_MARKERS} markers before"
+                " the image data; refusing a file crafted to be slow to parse"
+            )
         if data[pos] != 0xFF:
             return
         marker = data[pos + 1]
@@ -44,10 +60,12 @@ def _segments(data: bytes) -> Iterator[tuple[int, int, int]]:
         if marker in _STANDALONE:
             pos += 2
             continue
-        if marker in (_SOS, _EOI):
+        if marker == _EOI:
             return
         (length,) = struct.unpack_from(">H", data, pos + 2)
         yield marker, pos, pos + 2 + length
+        if marker == _SOS:
+            return
         pos += 2 + length
 
 
@@ -63,7 +81,7 @@ def read_exif(data: bytes) -> bytes | None:
     return None
 
 
-def _without_exif(data: bytes) -> bytes:
+def _without_exif(data: bytes, name: str | None) -> bytes:
     """``data`` minus its EXIF segments, which Pillow would otherwise parse and warn about.
 
     Pillow reads EXIF while opening a JPEG (to find a DPI) and emits ``UserWarning`` on the
@@ -73,7 +91,7 @@ def _without_exif(data: bytes) -> bytes:
     """
     kept: list[bytes] = []
     copied = 0
-    for marker, start, end in _segments(data):
+    for marker, start, end in _segments(data, name):
         if _is_exif(data, marker, start):
             kept.append(data[copied:start])
             copied = end
@@ -84,8 +102,9 @@ def _without_exif(data: bytes) -> bytes:
 
 
 def _open(data: bytes, name: str | None) -> JpegImagePlugin.JpegImageFile:
+    stripped = _without_exif(data, name)  # first: it bounds the markers Pillow will walk
     try:
-        return JpegImagePlugin.JpegImageFile(io.BytesIO(_without_exif(data)))
+        return JpegImagePlugin.JpegImageFile(io.BytesIO(stripped))
     except (OSError, SyntaxError, ValueError, struct.error, IndexError, TypeError) as exc:
         raise UnsupportedImage(f"{label(name)}truncated or corrupt JPEG header ({exc})") from exc
 
@@ -117,3 +136,23 @@ def read_pixels(data: bytes, info: ImageInfo, name: str | None) -> np.ndarray:
         image.load()
         pixels = np.asarray(image, dtype=np.uint8)
     return np.ascontiguousarray(pixels)
+
+
+def check_complete(data: bytes, info: ImageInfo, name: str | None) -> None:
+    """:class:`IncompleteImage` unless an end-of-image marker follows the first scan.
+
+    Inside entropy-coded data every 0xFF byte is followed by 0x00 or a restart marker, so
+    the first ``FF D9`` after the scan header is the EOI (an EXIF thumbnail's own EOI sits
+    before it, in APP1). A cut-off upload lacks it; libjpeg would stop mid-image and
+    Pillow refuse the file in the worker, long after the 202.
+    """
+    scan_end = None
+    for marker, _start, end in _segments(data, name):
+        if marker == _SOS:
+            scan_end = end
+    if scan_end is None or scan_end > len(data):
+        raise IncompleteImage(f"{label(name)}truncated JPEG: the image data is missing")
+    if data.find(_EOI_MARKER, scan_end) < 0:
+        raise IncompleteImage(
+            f"{label(name)}truncated JPEG: no end-of-image marker after the image data"
+        )

@@ -52,7 +52,7 @@ from redis.exceptions import RedisError, ResponseError
 from service.config import Settings
 from service.errors import JobNotFound, QueueFull
 from service.queue import scripts
-from service.queue.connection import connect
+from service.queue.connection import RedisSettings, connect
 from service.queue.jobs import JobRecord, JobState, is_valid_job_id, new_job_id
 from service.queue.keys import ENTRY_JOB, STAT_JOB_SECONDS, Keys
 
@@ -694,12 +694,19 @@ class Broker:
 
 @asynccontextmanager
 async def open_broker(
-    settings: Settings, *, client_name: str | None = None
+    settings: Settings, *, client_name: str | None = None, deadline: float | None = None
 ) -> AsyncIterator[Broker]:
-    """Connect to ``settings.redis_url`` for the duration of the block (app lifespan)."""
+    """Connect to ``settings.redis_url`` for the duration of the block (app lifespan).
+
+    ``deadline`` bounds every command (:meth:`RedisSettings.with_deadline`): the API's
+    requests pass one; the worker, whose blocking reads wait for jobs, does not.
+    """
     if not settings.redis_url:
         raise ValueError("settings.redis_url is not set")
-    redis = connect(settings.redis_url, client_name=client_name)
+    target = RedisSettings.from_dsn(settings.redis_url)
+    if deadline is not None:
+        target = target.with_deadline(deadline)
+    redis = connect(target, client_name=client_name)
     try:
         yield Broker(redis, settings)
     finally:

@@ -430,6 +430,9 @@ def test_settings_configmap_holds_valid_settings(docs: tuple[dict[str, Any], ...
         "/var/cache/hdr"
     )
     assert settings.api_host == "0.0.0.0"
+    # Outside a container both default to loopback; Prometheus scrapes the pod IP.
+    assert Settings().worker_metrics_host == Settings().api_host == "127.0.0.1"
+    assert settings.worker_metrics_host == "0.0.0.0"
 
 
 def _container(docs: tuple[dict[str, Any], ...], kind: str, name: str) -> dict[str, Any]:

@@ -63,6 +63,35 @@ def png_bytes(
     return PNG_SIGNATURE + b"".join(chunks)
 
 
+def png_interlaced_bytes(pixels: np.ndarray) -> bytes:
+    """An Adam7-interlaced RGB PNG of ``pixels`` (H x W x 3, uint8 or uint16), filter 0.
+
+    Each of the seven passes is the sub-image ``pixels[y0::dy, x0::dx]`` of the
+    specification's table, its rows concatenated pass after pass in one deflate stream.
+    """
+    height, width, _ = pixels.shape
+    bit_depth = 16 if pixels.dtype == np.uint16 else 8
+    raw = b""
+    for x0, y0, dx, dy in (
+        (0, 0, 8, 8),
+        (4, 0, 8, 8),
+        (0, 4, 4, 8),
+        (2, 0, 4, 4),
+        (0, 2, 2, 4),
+        (1, 0, 2, 2),
+        (0, 1, 1, 2),
+    ):
+        sub = pixels[y0::dy, x0::dx]
+        if sub.size == 0:
+            continue
+        rows = sub.astype(">u2" if bit_depth == 16 else "u1").reshape(sub.shape[0], -1)
+        rows = rows.view(np.uint8)
+        raw += np.concatenate([np.zeros((sub.shape[0], 1), np.uint8), rows], axis=1).tobytes()
+    ihdr = png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, bit_depth, 2, 0, 0, 1))
+    idat = png_chunk(b"IDAT", zlib.compress(raw))
+    return PNG_SIGNATURE + ihdr + idat + png_chunk(b"IEND", b"")
+
+
 def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
     """A few dozen bytes whose header declares ``width x height`` 8-bit RGB pixels."""
     idat = png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))

