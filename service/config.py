@@ -219,3 +219,18 @@ class Settings(BaseSettings):
                 f" ({self.tile_size})"
             )
         return self
+
+
+def require_storage_url(settings: Settings) -> str:
+    """HDR_STORAGE_URL, or a clear refusal: ``api`` and ``worker`` must share one store.
+
+    No local default for them: an API and workers on different hosts would each write
+    to a folder of their own, and jobs would fail on inputs that are not there.
+    """
+    if not settings.storage_url:
+        raise ValueError(
+            "HDR_STORAGE_URL is not set: point the API and every worker at one blob store,"
+            " file:///shared/dir (a volume all of them mount) or s3://bucket/prefix;"
+            " `hdr-service serve` defaults to a local folder"
+        )
+    return settings.storage_url

@@ -6,9 +6,12 @@ import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tifffile
+
+from service.queue.jobs import JobParams
 
 REPO = Path(__file__).resolve().parents[1]
 #: Reference cases made with the official AFUNet code (see its README.md).
@@ -134,3 +137,13 @@ def tile_batch(exposures):
 
     crop = exposures.raw_crop(0, 0, exposures.height, exposures.width)
     return TileBatch(crop[None], exposures.evs)
+
+
+def job_params(uploads: Sequence[tuple[str, bytes]], **changes: Any) -> JobParams:
+    """Job parameters as the API makes them for ``uploads`` (short to long, EVs -2, 0, 2)."""
+    fields: dict[str, Any] = {
+        "exposure_values": (-2.0, 0.0, 2.0),
+        "names": tuple(name for name, _ in uploads),
+        **changes,
+    }
+    return JobParams(**fields)

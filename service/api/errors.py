@@ -18,10 +18,11 @@ from typing import Final
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.errors import QueueFull, ServiceError
+from service.storage import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -126,10 +127,14 @@ def _validation_message(exc: RequestValidationError) -> str:
     return message
 
 
-def _service_error(exc: ServiceError) -> JSONResponse:
+def handle_service_error(exc: ServiceError) -> JSONResponse:
+    """The answer to a ``ServiceError``: its status and code, ``Retry-After`` for the
+    retryable ones (queue full, Redis or the blob store unavailable)."""
     headers = {}
     retry_after = getattr(exc, "retry_after", None)
-    if isinstance(exc, QueueFull | Unavailable) and retry_after is not None:
+    if isinstance(exc, StoreUnavailable):
+        retry_after = UNAVAILABLE_RETRY_AFTER_SECONDS
+    if isinstance(exc, QueueFull | Unavailable | StoreUnavailable) and retry_after is not None:
         headers["Retry-After"] = str(int(retry_after))
     if isinstance(exc, NotAuthenticated):
         headers["WWW-Authenticate"] = 'Bearer realm="hdr"'
@@ -141,7 +146,7 @@ def _service_error(exc: ServiceError) -> JSONResponse:
 async def handle_error(request: Request, exc: Exception) -> JSONResponse:
     """The API's single exception handler (registered for each family below)."""
     if isinstance(exc, ServiceError):
-        return _service_error(exc)
+        return handle_service_error(exc)
     if isinstance(exc, RequestValidationError):
         return error_response(400, "bad_request", _validation_message(exc))
     if isinstance(exc, StarletteHTTPException):
@@ -149,9 +154,16 @@ async def handle_error(request: Request, exc: Exception) -> JSONResponse:
         return error_response(
             exc.status_code, code, str(exc.detail), dict(exc.headers) if exc.headers else None
         )
+    if isinstance(exc, ResponseError) and str(exc).startswith("OOM"):
+        log.warning("Redis refuses writes during %s %s: %s", request.method, request.url.path, exc)
+        return handle_service_error(
+            Unavailable("Redis (the job queue) refuses writes: it is at its maxmemory limit")
+        )
     if isinstance(exc, RedisError | ConnectionError | TimeoutError):
         log.warning("Redis unavailable during %s %s: %s", request.method, request.url.path, exc)
-        return _service_error(Unavailable(f"the job queue is unavailable ({type(exc).__name__})"))
+        return handle_service_error(
+            Unavailable(f"Redis (the job queue) is unavailable ({type(exc).__name__})")
+        )
     log.exception("unhandled error in %s %s", request.method, request.url.path)
     return error_response(500, "internal_error", "internal error; it has been logged")
 

@@ -1,5 +1,10 @@
 """From the submitted form to what the broker stores: every check that keeps bad input out.
 
+The multipart parser has spooled each file to a temporary file (memory only up to 1 MB);
+the files are read here one at a time for their headers and dropped again, so the API
+never holds a whole exposure set in memory: the broker then streams each file from its
+temporary file to the blob store.
+
 Run in the API before anything is queued, cheapest first, and never decoding a pixel:
 count of files, bytes per file, format and size from the header alone (:func:`probe`
 refuses decompression bombs by their declared pixel count), minimum size, equal sizes,
@@ -25,7 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import BinaryIO, Final
 
 from fastapi import UploadFile
 
@@ -38,6 +43,7 @@ from service.exposures import (
     parse_exposure_values,
 )
 from service.imaging import EXPOSURE_COUNT, ImageInfo, check_bracket, probe
+from service.queue.jobs import JobParams
 
 #: Form fields besides the files: one MiB is far more than any honest form needs.
 FORM_OVERHEAD_BYTES: Final = 1024 * 1024
@@ -58,8 +64,9 @@ def request_body_limit(settings: Settings) -> int:
 class Submission:
     """A validated exposure set, short to long, ready for :meth:`Broker.submit`."""
 
-    blobs: list[bytes]
-    """The uploaded bytes, sorted by exposure."""
+    files: list[BinaryIO]
+    """The uploads' spooled files, sorted by exposure (read by the broker, streamed)."""
+    sizes: list[int]
     infos: list[ImageInfo]
     names: list[str]
     evs: tuple[float, ...]
@@ -77,17 +84,17 @@ class Submission:
 
     @property
     def total_bytes(self) -> int:
-        return sum(len(blob) for blob in self.blobs)
+        return sum(self.sizes)
 
-    def params(self, tile_size: int | None) -> dict[str, Any]:
-        """The job parameters the worker reads (JSON-serialisable)."""
-        return {
-            "exposure_values": list(self.evs),
-            "exposure_source": self.source,
-            "names": self.names,
-            "formats": [info.format.value for info in self.infos],
-            "tile_size": tile_size,
-        }
+    def params(self, tile_size: int | None) -> JobParams:
+        """The job parameters the worker reads (the broker adds the blob names)."""
+        return JobParams(
+            exposure_values=self.evs,
+            exposure_source=self.source,
+            names=tuple(self.names),
+            formats=tuple(info.format.value for info in self.infos),
+            tile_size=tile_size,
+        )
 
 
 def _display_name(upload: UploadFile, index: int) -> str:
@@ -96,14 +103,20 @@ def _display_name(upload: UploadFile, index: int) -> str:
     return name or f"exposure {index + 1}"
 
 
-async def _read_bounded(upload: UploadFile, name: str, limit: int) -> bytes:
-    """The file's bytes, refusing it (413) as soon as it is known to exceed ``limit``."""
+async def _probe_upload(
+    upload: UploadFile, name: str, limit: int, max_pixels: int
+) -> tuple[ImageInfo, int]:
+    """The file's header and size, refusing it (413) as soon as it is known to exceed
+    ``limit``. The bytes are dropped again and the file rewound for the broker."""
     if upload.size is not None and upload.size > limit:
         raise ImageTooLarge(f"{name}: {upload.size} bytes, over the limit of {limit} bytes")
+    await upload.seek(0)
     data = await upload.read(limit + 1)
     if len(data) > limit:
         raise ImageTooLarge(f"{name}: more than {limit} bytes, over the limit")
-    return data
+    info = probe(data, name, max_pixels)
+    await upload.seek(0)
+    return info, len(data)
 
 
 def _fmt(values: Sequence[float]) -> str:
@@ -179,13 +192,11 @@ async def read_submission(form: JobCreate, settings: Settings) -> Submission:
     names = [_display_name(upload, i) for i, upload in enumerate(uploads)]
     if len(set(names)) != len(names):  # keep messages unambiguous
         names = [f"{name} (#{i + 1})" for i, name in enumerate(names)]
-    blobs = [
-        await _read_bounded(upload, name, settings.max_upload_bytes)
+    probed = [
+        await _probe_upload(upload, name, settings.max_upload_bytes, settings.max_pixels)
         for upload, name in zip(uploads, names, strict=True)
     ]
-    infos = [
-        probe(blob, name, settings.max_pixels) for blob, name in zip(blobs, names, strict=True)
-    ]
+    infos = [info for info, _ in probed]
     for info, name in zip(infos, names, strict=True):
         if min(info.width, info.height) < settings.min_side:
             raise InvalidExposureSet(
@@ -202,7 +213,8 @@ async def read_submission(form: JobCreate, settings: Settings) -> Submission:
     except InvalidExposureSet as exc:
         raise InvalidExposureSet(f"{source}: {exc.message}") from exc
     return Submission(
-        blobs=[blobs[i] for i in order],
+        files=[uploads[i].file for i in order],
+        sizes=[probed[i][1] for i in order],
         infos=[infos[i] for i in order],
         names=[names[i] for i in order],
         evs=checked,

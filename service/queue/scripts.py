@@ -98,7 +98,7 @@ if idem then redis.call('SET', idem, job_id, 'NX', 'EX', ttl) end
 return {'ok', entry}
 """)
 
-#: KEYS job, queued, stream, dead, cancel, inputs
+#: KEYS job, queued, stream, dead, cancel
 #: ARGV group, entry, job_id, max_attempts, now, consumer, min_dead_id
 #: -> {'deliver', attempts} | {'expired'|'final'|'cancelled'|'dead', attempts}
 DELIVER: Final = _lua("""
@@ -117,7 +117,7 @@ end
 if redis.call('EXISTS', KEYS[5]) == 1 then
   -- Cancelled while running, and that worker is gone: finish the cancel here.
   redis.call('HSET', KEYS[1], 'status', CANCELLED, 'finished_at', now)
-  redis.call('DEL', KEYS[5], KEYS[6])
+  redis.call('DEL', KEYS[5])
   redis.call('ZREM', KEYS[2], job_id)
   settle(KEYS[3], group, entry)
   return {'cancelled', 0}
@@ -166,30 +166,29 @@ redis.call('HSET', KEYS[1], 'tiles_done', ARGV[1], 'tiles_total', ARGV[2])
 return 1
 """)
 
-#: KEYS job, result, queued, stream, inputs, cancel, stats
-#: ARGV group, entry, job_id, result, ttl, now, timings_json, width, height
-#: -> 'stored' when this call stored the result, else the current status or 'expired'
+#: KEYS job, queued, stream, cancel, stats
+#: ARGV group, entry, job_id, now, timings_json, width, height
+#: -> 'stored' when this call finished the job (its result is in the blob store already),
+#:    else the current status or 'expired'
 COMPLETE: Final = _lua("""
-local group, entry, job_id, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[6])
-local over = ended(KEYS[1], KEYS[3], KEYS[4], group, entry, job_id)
+local group, entry, job_id, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local over = ended(KEYS[1], KEYS[2], KEYS[3], group, entry, job_id)
 if over then return over end
-redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[5])
-redis.call('HSET', KEYS[1], 'status', SUCCEEDED, 'finished_at', ARGV[6],
-  'timings', ARGV[7], 'width', ARGV[8], 'height', ARGV[9])
+redis.call('HSET', KEYS[1], 'status', SUCCEEDED, 'finished_at', ARGV[4],
+  'timings', ARGV[5], 'width', ARGV[6], 'height', ARGV[7])
 redis.call('HDEL', KEYS[1], 'error')
 local total = tonumber(redis.call('HGET', KEYS[1], 'tiles_total') or '0')
 if total > 0 then redis.call('HSET', KEYS[1], 'tiles_done', total) end
-redis.call('ZREM', KEYS[3], job_id)
--- The uploads are the largest keys of a job and no longer needed.
-redis.call('DEL', KEYS[5], KEYS[6])
+redis.call('ZREM', KEYS[2], job_id)
+redis.call('DEL', KEYS[4])
 local started = tonumber(redis.call('HGET', KEYS[1], 'started_at'))
 if started then
   local seconds = now - started
-  local ema = tonumber(redis.call('HGET', KEYS[7], '$stat_job_seconds'))
+  local ema = tonumber(redis.call('HGET', KEYS[5], '$stat_job_seconds'))
   if ema then seconds = (1 - $ema_weight) * ema + $ema_weight * seconds end
-  redis.call('HSET', KEYS[7], '$stat_job_seconds', tostring(seconds))
+  redis.call('HSET', KEYS[5], '$stat_job_seconds', tostring(seconds))
 end
-settle(KEYS[4], group, entry)
+settle(KEYS[3], group, entry)
 return 'stored'
 """)
 
@@ -222,7 +221,7 @@ settle(KEYS[3], group, entry)
 return FAILED
 """)
 
-#: KEYS job, queued, inputs, cancel; ARGV job_id, now, ttl
+#: KEYS job, queued, cancel; ARGV job_id, now, ttl
 #: -> the record's HGETALL after the call, or {} when unknown
 CANCEL: Final = _lua("""
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -231,23 +230,21 @@ if status == QUEUED then
   -- Its stream entry stays: the worker that receives it acks and skips it.
   redis.call('HSET', KEYS[1], 'status', CANCELLED, 'finished_at', ARGV[2])
   redis.call('ZREM', KEYS[2], ARGV[1])
-  redis.call('DEL', KEYS[3])
 elseif status == RUNNING then
-  redis.call('SET', KEYS[4], '1', 'EX', ARGV[3])
+  redis.call('SET', KEYS[3], '1', 'EX', ARGV[3])
 end
 return redis.call('HGETALL', KEYS[1])
 """)
 
-#: KEYS job, queued, stream, inputs, cancel; ARGV group, entry, job_id, now
+#: KEYS job, queued, stream, cancel; ARGV group, entry, job_id, now
 #: -> the record's HGETALL after the call, or {} when expired
 MARK_CANCELLED: Final = _lua("""
 local group, entry, job_id = ARGV[1], ARGV[2], ARGV[3]
 local status = redis.call('HGET', KEYS[1], 'status')
 if status and not FINAL[status] then
   redis.call('HSET', KEYS[1], 'status', CANCELLED, 'finished_at', ARGV[4])
-  redis.call('DEL', KEYS[4])
 end
-redis.call('DEL', KEYS[5])
+redis.call('DEL', KEYS[4])
 redis.call('ZREM', KEYS[2], job_id)
 settle(KEYS[3], group, entry)
 if not status then return {} end

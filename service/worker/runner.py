@@ -43,7 +43,7 @@ from enum import Enum
 from functools import partial
 from typing import Any, Final
 
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from service.config import Settings
 from service.engines.pipeline import reconstruct
@@ -60,6 +60,8 @@ from service.exposures import ExposureSet
 from service.imaging import decode, encode_exr
 from service.metrics import Outcome, Stage, WorkerMetrics, gpu_memory_collector
 from service.queue import Broker, Delivery, JobRecord, JobState, open_broker
+from service.queue.jobs import JobParams, StageTimings
+from service.storage import BlobNotFound, BlobStore, StoreUnavailable, input_name, result_name
 from service.worker.faults import is_engine_fault
 from service.worker.health import HealthServer, build_health_app
 from service.worker.models import ModelNotServed, ModelSet, load_models, warm_up
@@ -83,6 +85,7 @@ INPUT_ERRORS: Final = (
     ImageTooLarge,
     BadRequest,
     JobNotFound,
+    BlobNotFound,
     ModelNotServed,
 )
 
@@ -496,6 +499,20 @@ class Worker:
             reason = getattr(exc, "message", None) or str(exc)
             await self._settle(partial(self.broker.fail, delivery, reason, retry=False), delivery)
             return Outcome.FAILED
+        except (StoreUnavailable, ResponseError) as exc:
+            # The store, or Redis refusing a write (maxmemory), failed this attempt: the
+            # job is retried (per max_attempts) with that as its reason; a server that
+            # answered is not a lost worker.
+            reason = (
+                exc.message
+                if isinstance(exc, StoreUnavailable)
+                else f"Redis refused a write: {exc}"
+            )
+            log.warning("job %s: %s", job_id, reason)
+            state = await self._settle(
+                partial(self.broker.fail, delivery, reason, retry=True), delivery
+            )
+            return Outcome.RETRIED if state is JobState.QUEUED else Outcome.FAILED
         except RedisError:
             raise
         except Exception as exc:
@@ -519,17 +536,20 @@ class Worker:
     ) -> Outcome:
         """Decode, infer, encode, store: the happy path of :meth:`_attempt`."""
         params = record.params
-        timings: dict[str, float] = {}
+        if params is None:
+            raise BadRequest(f"job {record.id} has no parameters")
+        queue_wait = None
         if record.started_at is not None:
-            timings[Stage.QUEUE_WAIT.value] = max(0.0, record.started_at - record.created_at)
+            queue_wait = max(0.0, record.started_at - record.created_at)
 
         began = time.perf_counter()
-        blobs = await self.broker.get_blobs(record.id)
-        exposures = await asyncio.to_thread(_decode, blobs, params, self.settings.max_pixels)
-        timings[Stage.DECODE.value] = time.perf_counter() - began
+        exposures = await asyncio.to_thread(
+            read_exposures, self.broker.store, record.id, params, self.settings.max_pixels
+        )
+        decode_seconds = time.perf_counter() - began
 
         try:
-            plan = model.plan(exposures.height, exposures.width, params.get("tile_size"))
+            plan = model.plan(exposures.height, exposures.width, params.tile_size)
         except ValueError as exc:
             raise BadRequest(f"tile_size: {exc}") from exc
         stop = await self._report(delivery, 0, len(plan))
@@ -546,17 +566,28 @@ class Worker:
             self._progress_bridge(delivery),
         )
         inference = time.perf_counter() - began
-        timings[Stage.INFERENCE.value] = inference
 
         began = time.perf_counter()
         result = await asyncio.to_thread(encode_exr, hdr, "float32")
-        timings[Stage.ENCODE.value] = time.perf_counter() - began
+        del hdr
+        encode_seconds = time.perf_counter() - began
 
+        # The result goes to the store before the record says succeeded: a job never
+        # succeeds without its result. A store fault here fails this attempt with the
+        # store's message (StoreUnavailable, see _attempt); the job is retried.
+        began = time.perf_counter()
+        await asyncio.to_thread(self.broker.store.put, result_name(record.id), result)
+        del result
+        timings = StageTimings(
+            queue_wait=queue_wait,
+            decode=decode_seconds,
+            inference=inference,
+            encode=encode_seconds,
+            store=time.perf_counter() - began,
+        )
         began = time.perf_counter()
         stored = await self._settle(
-            partial(
-                self.broker.complete, delivery, result, timings, exposures.width, exposures.height
-            ),
+            partial(self.broker.complete, delivery, timings, exposures.width, exposures.height),
             delivery,
         )
         store = time.perf_counter() - began
@@ -572,13 +603,14 @@ class Worker:
         record: JobRecord,
         exposures: ExposureSet,
         tiles: int,
-        timings: dict[str, float],
+        timings: StageTimings,
         store: float,
         inference: float,
     ) -> None:
-        for stage, seconds in timings.items():
+        stages = timings.as_dict()
+        stages[Stage.STORE.value] = stages.get(Stage.STORE.value, 0.0) + store
+        for stage, seconds in stages.items():
             self.metrics.stage_seconds.labels(stage=stage).observe(seconds)
-        self.metrics.stage_seconds.labels(stage=Stage.STORE.value).observe(store)
         self.metrics.job_seconds.observe(max(0.0, time.time() - record.created_at))
         pixels = exposures.width * exposures.height
         self.metrics.pixels.labels(model=name).inc(pixels)
@@ -592,7 +624,7 @@ class Worker:
             exposures.width,
             exposures.height,
             tiles,
-            ", ".join(f"{k} {v:.3f} s" for k, v in timings.items()),
+            ", ".join(f"{k} {v:.3f} s" for k, v in stages.items()),
         )
 
     # ------------------------------------------------------------------ progress
@@ -629,6 +661,8 @@ class Worker:
             future = asyncio.run_coroutine_threadsafe(self._report(delivery, done, total), loop)
             try:
                 verdict = future.result(timeout=PROGRESS_REPORT_TIMEOUT_SECONDS)
+            except ResponseError:
+                raise  # Redis refuses writes: the result could not be recorded either
             except (RedisError, OSError, concurrent.futures.TimeoutError) as exc:
                 future.cancel()
                 log.warning("job %s: progress not recorded (%s)", delivery.job_id, exc)
@@ -639,14 +673,20 @@ class Worker:
         return on_progress
 
 
-def _decode(blobs: list[bytes], params: dict[str, Any], max_pixels: int) -> ExposureSet:
-    """The job's uploads as an exposure set (short to long, as the API sorted them)."""
-    names = [
-        str(n) for n in params.get("names") or [f"exposure {i + 1}" for i in range(len(blobs))]
+def read_exposures(
+    store: BlobStore, job_id: str, params: JobParams, max_pixels: int
+) -> ExposureSet:
+    """The job's uploads from the blob store as an exposure set (short to long, as the
+    API sorted them); one upload's bytes at a time are held besides the decoded frames."""
+    names = params.inputs or tuple(
+        input_name(job_id, i) for i in range(len(params.exposure_values))
+    )
+    labels = params.names or tuple(f"exposure {i + 1}" for i in range(len(names)))
+    images = [
+        decode(store.read(name), label, max_pixels)
+        for name, label in zip(names, labels, strict=True)
     ]
-    evs = [float(v) for v in params["exposure_values"]]
-    images = [decode(blob, name, max_pixels) for blob, name in zip(blobs, names, strict=True)]
-    return ExposureSet.from_images(images, evs, names)
+    return ExposureSet.from_images(images, list(params.exposure_values), list(labels))
 
 
 # ---------------------------------------------------------------------- process entry points

@@ -87,10 +87,13 @@ headers = st.dictionaries(
 
 
 @pytest.fixture(scope="module")
-def client(redis_url: str, golden_repo: Any) -> Iterator[httpx.Client]:
+def client(
+    redis_url: str, golden_repo: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[httpx.Client]:
     prefix = f"test-fuzz-{uuid.uuid4().hex[:8]}"
     fuzz_settings = Settings(
         redis_url=redis_url,
+        storage_url=f"file://{tmp_path_factory.mktemp('fuzz-blobs')}",
         key_prefix=prefix,
         model_repo=golden_repo,
         max_queue_length=20,

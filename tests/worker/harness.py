@@ -159,6 +159,7 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         {
             "HDR_REDIS_URL": str(settings.redis_url),
             "HDR_KEY_PREFIX": settings.key_prefix,
+            "HDR_STORAGE_URL": str(settings.storage_url),
             "HDR_MODEL_REPO": str(settings.model_repo),
             "HDR_VISIBILITY_TIMEOUT_SECONDS": str(settings.visibility_timeout_seconds),
             "HDR_MAX_ATTEMPTS": str(settings.max_attempts),
