@@ -18,7 +18,7 @@ from typing import Final
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import OutOfMemoryError, RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.errors import QueueFull, ServiceError
@@ -154,7 +154,7 @@ async def handle_error(request: Request, exc: Exception) -> JSONResponse:
         return error_response(
             exc.status_code, code, str(exc.detail), dict(exc.headers) if exc.headers else None
         )
-    if isinstance(exc, ResponseError) and str(exc).startswith("OOM"):
+    if isinstance(exc, OutOfMemoryError):
         log.warning("Redis refuses writes during %s %s: %s", request.method, request.url.path, exc)
         return handle_service_error(
             Unavailable("Redis (the job queue) refuses writes: it is at its maxmemory limit")

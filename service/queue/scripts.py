@@ -80,14 +80,17 @@ if idem then
   local existing = redis.call('GET', idem)
   if existing then return {'duplicate', existing} end
 end
--- Members older than the TTL belong to records that expired while queued.
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[2] - ttl)
-local depth = redis.call('ZCARD', KEYS[2])
+-- Members older than the TTL belong to records that expired while queued: not counted.
+local depth = redis.call('ZCOUNT', KEYS[2], now - ttl, '+inf')
 if depth >= max_len then return {'full', depth} end
 local mapping = {}
 for i = 6, #ARGV do mapping[#mapping + 1] = ARGV[i] end
+-- The first write: at maxmemory Redis refuses it (OOM), before anything has changed.
+-- (Once a script has written, Redis lets its later writes through, so no write, not
+-- even a trim, may come before this one.)
 redis.call('HSET', KEYS[1], unpack(mapping))
 redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[2] - ttl)
 redis.call('ZADD', KEYS[2], ARGV[2], job_id)
 -- Entries older than the TTL belong to expired records too: trim them (exactly, since
 -- approximate trimming never cuts a short stream).

@@ -144,6 +144,8 @@ class FileStore(BlobStore):
                 name = f"{JOBS_PREFIX}{Path(folder).name}/{entry.name}"
                 if entry.name.startswith(_TEMP_PREFIX) or _NAME.fullmatch(name) is None:
                     continue
+                if not entry.is_file(follow_symlinks=False):
+                    continue
                 try:
                     stat = entry.stat()
                 except OSError:  # deleted meanwhile

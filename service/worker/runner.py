@@ -47,7 +47,7 @@ from enum import Enum
 from functools import partial
 from typing import Any, Final
 
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import OutOfMemoryError, RedisError
 
 from service.config import Settings
 from service.engines.pipeline import reconstruct
@@ -476,7 +476,7 @@ class Worker:
             reason = getattr(exc, "message", None) or str(exc)
             await self._settle(partial(self.broker.fail, delivery, reason, retry=False), delivery)
             return Outcome.FAILED
-        except (StoreUnavailable, ResponseError) as exc:
+        except (StoreUnavailable, OutOfMemoryError) as exc:
             # The store, or Redis refusing a write (maxmemory), failed this attempt: the
             # job is retried (per max_attempts) with that as its reason; a server that
             # answered is not a lost worker.
@@ -640,8 +640,9 @@ class Worker:
             future = asyncio.run_coroutine_threadsafe(self._report(job, done, total), loop)
             try:
                 verdict = future.result(timeout=PROGRESS_REPORT_TIMEOUT_SECONDS)
-            except ResponseError:
-                raise  # Redis refuses writes: the result could not be recorded either
+            except OutOfMemoryError:
+                raise  # Redis refuses writes (maxmemory): the result could not be recorded
+
             except (RedisError, OSError, concurrent.futures.TimeoutError) as exc:
                 future.cancel()
                 log.warning("job %s: progress not recorded (%s)", job.job_id, exc)

@@ -3,11 +3,8 @@ readiness that follows Redis down and back up."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -17,7 +14,7 @@ from service.config import Settings
 from service.worker.models import ModelSet
 from tests.factories import bracket_uploads, exposure_files
 from tests.worker.engines import ReferenceEngine, served
-from tests.worker.harness import api_server, free_port, wait_for, worker_thread
+from tests.worker.harness import api_server, free_port, redis_server, wait_for, worker_thread
 
 
 def submit(client: httpx.Client, key: str | None = None, seed: int = 0) -> httpx.Response:
@@ -86,25 +83,6 @@ def test_result_is_404_after_its_ttl(service_settings: Settings) -> None:
         response = client.get(job["result_url"])
 
     assert response.status_code == 404
-
-
-@contextmanager
-def redis_server(port: int, workdir: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A throw-away redis-server on ``port`` (no persistence)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("no redis-server on PATH")
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        cwd=workdir,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        yield process
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 def test_readiness_follows_redis_down_and_back(service_settings: Settings, tmp_path: Path) -> None:

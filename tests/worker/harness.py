@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import faulthandler
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +25,8 @@ from typing import Any, TypeVar
 
 import anyio
 import httpx
+import pytest
+import redis
 import uvicorn
 
 from service.api.app import create_app
@@ -86,6 +89,47 @@ def serving(
         if serve.poll() is None:
             serve.kill()
             serve.wait()
+
+
+@contextmanager
+def redis_server(port: int, workdir: Path, *args: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A throw-away redis-server on ``port`` (no persistence; ``args`` are more options,
+    e.g. ``--maxmemory``), answering PING when the block starts."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("no redis-server on PATH")
+    process = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            *args,
+        ],
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        client = redis.Redis(port=port, socket_connect_timeout=0.2)
+        wait_for(lambda: _pings(client), 10, "redis-server to answer")
+        client.close()
+        yield process
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
 
 
 @contextmanager
