@@ -9,7 +9,8 @@
 # api         slim Python, no torch and no CUDA: the API process validates uploads, queues
 #             jobs and serves results; it never imports torch (docker/requirements/api.txt
 #             is pyproject's dependency list less torch and tqdm, and the package goes in
-#             with --no-deps).
+#             with --no-deps). Every image installs docker/requirements/s3.txt (the `s3`
+#             extra, boto3) for s3:// blob stores.
 # worker      NVIDIA CUDA 13.0 runtime (Ubuntu 24.04, Python 3.12) with torch 2.13.0 (PyPI's
 #             CUDA 13.0 build), ONNX Runtime GPU and TensorRT 10.16 (tensorrt-cu13): one
 #             process per GPU. Needs an NVIDIA driver of the R580 branch or newer (CUDA 13.0;
@@ -57,8 +58,10 @@ ENV PIP_NO_CACHE_DIR=1 \
     VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv
-COPY docker/requirements/api.txt docker/requirements/constraints.txt /tmp/requirements/
-RUN pip install -r /tmp/requirements/api.txt -c /tmp/requirements/constraints.txt
+COPY docker/requirements/api.txt docker/requirements/s3.txt docker/requirements/constraints.txt \
+     /tmp/requirements/
+RUN pip install -r /tmp/requirements/api.txt -r /tmp/requirements/s3.txt \
+        -c /tmp/requirements/constraints.txt
 COPY --from=wheel /wheels /tmp/wheels
 RUN pip install --no-deps /tmp/wheels/*.whl
 
@@ -114,7 +117,7 @@ COPY docker/requirements/ /tmp/requirements/
 RUN pip install torch -c /tmp/requirements/constraints.txt
 # hadolint ignore=DL3059
 RUN pip install --extra-index-url "${TENSORRT_INDEX}" \
-        -r /tmp/requirements/worker.txt -r /tmp/requirements/gpu.txt \
+        -r /tmp/requirements/worker.txt -r /tmp/requirements/gpu.txt -r /tmp/requirements/s3.txt \
         -c /tmp/requirements/constraints.txt
 COPY --from=wheel /wheels /tmp/wheels
 RUN pip install --no-deps /tmp/wheels/*.whl
@@ -163,6 +166,7 @@ COPY docker/requirements/ /tmp/requirements/
 RUN pip install --index-url "${TORCH_CPU_INDEX}" torch -c /tmp/requirements/constraints.txt
 # hadolint ignore=DL3059
 RUN pip install -r /tmp/requirements/worker.txt -r /tmp/requirements/cpu.txt \
+        -r /tmp/requirements/s3.txt \
         -c /tmp/requirements/constraints.txt
 COPY --from=wheel /wheels /tmp/wheels
 RUN pip install --no-deps /tmp/wheels/*.whl

@@ -6,7 +6,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
-EXTRAS ?= dev,onnx,embedded
+EXTRAS ?= dev,onnx,embedded,s3
 BIN := $(VENV)/bin
 
 .PHONY: serve test lint install clean

@@ -31,6 +31,7 @@ from service.storage.file import FileStore
 
 if TYPE_CHECKING:
     from service.worker.models import ModelSet
+    from tests.storage.s3server import S3Server
 
 logger = logging.getLogger(__name__)
 
@@ -193,3 +194,28 @@ def service_settings(settings: Settings, golden_repo: Path) -> Settings:
             "drain_seconds": 5.0,
         }
     )
+
+
+# --- the S3 blob store (tests/storage, and end-to-end tests on s3://) ---------------------
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """moto's standalone S3 server on loopback for the session, with one bucket."""
+    from tests.storage.s3server import moto_server
+
+    with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as server:
+        yield server
+
+
+@pytest.fixture
+def s3_url(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``s3://bucket/test-<id>`` on the test server, a prefix of this test's own, with the
+    AWS variables pointing boto3 at the server (and at no real account) for the test."""
+    from tests.storage.s3server import AWS_VARIABLES_CLEARED
+
+    for name in AWS_VARIABLES_CLEARED:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    return s3_server.url()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,13 @@ REPO = Path(__file__).resolve().parents[1]
 GOLDEN_DIR = Path(os.environ.get("HDR_GOLDEN_DIR", REPO.parent / "shared" / "golden"))
 GOLDEN_SEED0 = GOLDEN_DIR / "afunet-seed0"
 GOLDEN_CHECKPOINT = GOLDEN_SEED0 / "checkpoint.pth"
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def bracket_frames(

@@ -279,7 +279,7 @@ def test_api_image_installs_no_torch() -> None:
         for command in stages()[name].all("COPY"):
             for source in copy_sources(command):
                 if source.startswith("docker/requirements/"):
-                    assert source.endswith(("api.txt", "constraints.txt")), source
+                    assert source.endswith(("api.txt", "s3.txt", "constraints.txt")), source
     api_requirements = (REQUIREMENTS / "api.txt").read_text()
     assert not re.search(r"^\s*(torch|tensorrt|onnx)", api_requirements, re.MULTILINE)
 

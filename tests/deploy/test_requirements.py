@@ -23,6 +23,11 @@ else:  # Python 3.10
 REQUIREMENTS = REPO / "docker" / "requirements"
 #: Package dependencies the API image leaves out: the API process never imports them.
 WORKER_ONLY = {"torch", "tqdm"}
+#: Distributions an interpreter loads merely because they are installed, which the API
+#: image does without: setuptools (its distutils-precedence.pth import hook) and
+#: cryptography (redis.utils imports it when present, for optional features; the test
+#: environment has it through moto, the S3 test server).
+LOADED_WHEN_PRESENT = {"setuptools", "cryptography"}
 #: What the `gpu` extra names -> what the GPU image installs instead (CUDA 13 TensorRT).
 GPU_EXTRA_RENAMED = {"tensorrt": "tensorrt-cu13"}
 
@@ -78,8 +83,16 @@ def test_backend_requirements_follow_the_extras() -> None:
     assert set(_requirements("gpu.txt")) == installed
 
 
+def test_s3_requirements_are_the_s3_extra() -> None:
+    extra = _extra("s3")
+    s3 = _requirements("s3.txt")
+    assert set(s3) == set(extra)
+    for name, requirement in s3.items():
+        assert requirement.specifier == extra[name].specifier, name
+
+
 def test_constraints_pin_versions_the_package_accepts() -> None:
-    ranges = {**_package_dependencies(), **_extra("onnx"), **_extra("gpu")}
+    ranges = {**_package_dependencies(), **_extra("onnx"), **_extra("gpu"), **_extra("s3")}
     for name, requirement in _requirements("gpu.txt").items():
         ranges.setdefault(name, requirement)
     pins = _requirements("constraints.txt")
@@ -94,6 +107,7 @@ def test_constraints_pin_versions_the_package_accepts() -> None:
         set(_requirements("worker.txt"))
         | set(_requirements("cpu.txt"))
         | set(_requirements("gpu.txt"))
+        | set(_requirements("s3.txt"))
     )
     assert every_image_package <= set(pins), every_image_package - set(pins)
 
@@ -149,9 +163,9 @@ def test_api_process_imports_only_what_its_image_installs() -> None:
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["torch"] is False
-    installed = _closure(set(_requirements("api.txt"))) | {"afunet-service"}
-    # setuptools: its import hook (distutils-precedence.pth) loads in every interpreter.
-    imported = {canonicalize_name(d) for d in report["dists"]} - {"setuptools"}
+    installed = _closure(set(_requirements("api.txt")) | set(_requirements("s3.txt")))
+    installed |= {"afunet-service"}
+    imported = {canonicalize_name(d) for d in report["dists"]} - LOADED_WHEN_PRESENT
     assert imported <= installed, (
         f"the API imports packages its image lacks: {imported - installed}"
     )

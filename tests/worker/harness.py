@@ -13,7 +13,6 @@ import faulthandler
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -34,16 +33,9 @@ from service.config import Settings
 from service.queue import Broker, JobRecord, open_broker
 from service.worker.models import ModelSet
 from service.worker.runner import Worker, WorkerState
-from tests.factories import REPO
+from tests.factories import REPO, free_port
 
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    """A TCP port free on loopback right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def wait_for(probe: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05) -> T:
