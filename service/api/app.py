@@ -8,6 +8,7 @@ imports torch (a test checks it): it validates and queues, the workers compute.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
@@ -18,7 +19,7 @@ from service.api.deps import key_hashes
 from service.api.errors import install_error_handlers
 from service.api.middleware import ApiKeyGate, BodySizeLimit, RequestMetrics, UploadLimit
 from service.api.routes import health, jobs, models
-from service.api.uploads import request_body_limit
+from service.api.uploads import PROBE_SLOTS, request_body_limit
 from service.config import Settings
 from service.metrics import ApiMetrics
 from service.queue import open_broker
@@ -63,6 +64,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with open_broker(settings, client_name="hdr-api") as broker:
             app.state.broker = broker
+            app.state.probe_slots = asyncio.Semaphore(PROBE_SLOTS)  # of this event loop
             yield
 
     app = FastAPI(

@@ -27,6 +27,7 @@ EV conventions (documented in the OpenAPI form description too):
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,6 +50,9 @@ from service.queue.jobs import JobParams
 FORM_OVERHEAD_BYTES: Final = 1024 * 1024
 #: Largest frame that may run untiled (tile_size=0): the whole frame is one engine call.
 MAX_UNTILED_PIXELS: Final = 1024 * 1024
+#: Uploads whose bytes the API holds at once while probing their headers, whatever the
+#: number of concurrent submissions (the rest of a submission streams from disk).
+PROBE_SLOTS: Final = 2
 #: File names are echoed in messages; keep them short and printable.
 MAX_NAME_CHARS: Final = 80
 
@@ -104,19 +108,23 @@ def _display_name(upload: UploadFile, index: int) -> str:
 
 
 async def _probe_upload(
-    upload: UploadFile, name: str, limit: int, max_pixels: int
+    upload: UploadFile, name: str, limit: int, max_pixels: int, slots: asyncio.Semaphore
 ) -> tuple[ImageInfo, int]:
     """The file's header and size, refusing it (413) as soon as it is known to exceed
-    ``limit``. The bytes are dropped again and the file rewound for the broker."""
+    ``limit``. The bytes are dropped again and the file rewound for the broker; at most
+    ``slots`` files of all concurrent submissions are held in memory at once."""
     if upload.size is not None and upload.size > limit:
         raise ImageTooLarge(f"{name}: {upload.size} bytes, over the limit of {limit} bytes")
+    async with slots:
+        await upload.seek(0)
+        data = await upload.read(limit + 1)
+        if len(data) > limit:
+            raise ImageTooLarge(f"{name}: more than {limit} bytes, over the limit")
+        info = probe(data, name, max_pixels)
+        size = len(data)
+        del data
     await upload.seek(0)
-    data = await upload.read(limit + 1)
-    if len(data) > limit:
-        raise ImageTooLarge(f"{name}: more than {limit} bytes, over the limit")
-    info = probe(data, name, max_pixels)
-    await upload.seek(0)
-    return info, len(data)
+    return info, size
 
 
 def _fmt(values: Sequence[float]) -> str:
@@ -181,8 +189,14 @@ def _exposure_values(
     return values, source
 
 
-async def read_submission(form: JobCreate, settings: Settings) -> Submission:
-    """Validate the form's files and exposure metadata; sort the frames short to long."""
+async def read_submission(
+    form: JobCreate, settings: Settings, probe_slots: asyncio.Semaphore
+) -> Submission:
+    """Validate the form's files and exposure metadata; sort the frames short to long.
+
+    ``probe_slots`` (the app's, :data:`PROBE_SLOTS`) bounds how many files' bytes all
+    concurrent submissions hold in memory together while their headers are probed.
+    """
     uploads = form.exposures
     if len(uploads) != EXPOSURE_COUNT:
         raise InvalidExposureSet(
@@ -193,7 +207,9 @@ async def read_submission(form: JobCreate, settings: Settings) -> Submission:
     if len(set(names)) != len(names):  # keep messages unambiguous
         names = [f"{name} (#{i + 1})" for i, name in enumerate(names)]
     probed = [
-        await _probe_upload(upload, name, settings.max_upload_bytes, settings.max_pixels)
+        await _probe_upload(
+            upload, name, settings.max_upload_bytes, settings.max_pixels, probe_slots
+        )
         for upload, name in zip(uploads, names, strict=True)
     ]
     infos = [info for info, _ in probed]

@@ -90,6 +90,7 @@ def _public(request: Request, record: JobRecord) -> JobPublic:
 
 
 async def _submit(
+    request: Request,
     form: JobCreate,
     idempotency_key: str | None,
     owner: str | None,
@@ -99,7 +100,7 @@ async def _submit(
 ) -> JobRecord:
     """Validate everything, then queue; every refusal is counted by its error code."""
     try:
-        submission = await read_submission(form, settings)
+        submission = await read_submission(form, settings, request.app.state.probe_slots)
         catalog = await load_catalog(broker, settings)
         model = catalog.resolve(form.model)
         tile_size = check_tile_size(
@@ -207,7 +208,7 @@ async def create_job(
     Every check (count, format, sizes, exposure metadata, model) runs before anything is
     queued, so a 202 means the job will reach the model.
     """
-    record = await _submit(form, idempotency_key, owner, broker, settings, metrics)
+    record = await _submit(request, form, idempotency_key, owner, broker, settings, metrics)
     job = _public(request, record)
     response.headers["Location"] = job.status_url
     return job
@@ -293,7 +294,7 @@ async def reconstruct(
 
     When the job takes longer the answer is 202 with the job, as ``POST /v1/jobs`` gives.
     """
-    record = await _submit(form, idempotency_key, owner, broker, settings, metrics)
+    record = await _submit(request, form, idempotency_key, owner, broker, settings, metrics)
     location = _public(request, record).status_url
     deadline = time.monotonic() + settings.sync_wait_seconds
     pause = SYNC_POLL_FIRST_SECONDS
