@@ -94,10 +94,13 @@ class JobParams:
 
     @classmethod
     def from_json(cls, raw: str) -> JobParams:
+        """Decode :meth:`to_json`; tolerant of the older records' missing keys (a record
+        queued before blob references existed still decodes, to fail by its missing
+        inputs rather than to crash the worker reading it)."""
         data = json.loads(raw)
         return cls(
             exposure_values=tuple(float(v) for v in data["exposure_values"]),
-            names=tuple(str(n) for n in data["names"]),
+            names=tuple(str(n) for n in data.get("names") or ()),
             formats=tuple(str(f) for f in data.get("formats", ())),
             exposure_source=str(data.get("exposure_source", "exposure_values")),
             tile_size=None if data.get("tile_size") is None else int(data["tile_size"]),

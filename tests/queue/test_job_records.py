@@ -89,3 +89,14 @@ async def test_record_round_trips_through_a_real_redis_hash(
     key = Keys(key_prefix).job(record.id)
     await redis_client.hset(key, mapping=record.to_redis())  # type: ignore[arg-type]
     assert JobRecord.from_redis(await redis_client.hgetall(key)) == record
+
+
+def test_params_of_a_record_from_before_blob_references_still_decode() -> None:
+    mapping = {
+        "id": "0" * 32,
+        "status": "queued",
+        "created_at": "1.0",
+        "params": '{"exposure_values":[-2,0,2],"tile_size":256}',
+    }
+    params = JobRecord.from_redis(mapping).params
+    assert params == JobParams(exposure_values=(-2.0, 0.0, 2.0), names=(), tile_size=256)
