@@ -47,6 +47,9 @@ from service.engines.base import TileBatch
 from service.engines.registry import BACKENDS
 from service.model_repo import ModelSpec
 from service.queue import Broker, Keys, connect
+from service.queue.jobs import JobParams, StageTimings
+from service.storage import result_name
+from service.storage.file import FileStore
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_REDIS = "redis://127.0.0.1:6379/15"
@@ -127,9 +130,11 @@ def running_service(
     """API and ``workers`` worker subprocesses on a fresh key prefix; yields a client."""
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     port = free_port()
+    log_dir = log_dir or Path(tempfile.mkdtemp(prefix="hdr-bench-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("HDR_")}
     env |= {
         "HDR_REDIS_URL": redis_url,
+        "HDR_STORAGE_URL": f"file://{log_dir.resolve()}/blobs",
         "HDR_KEY_PREFIX": prefix,
         "HDR_MODEL_REPO": str(repo),
         "HDR_MAX_QUEUE_LENGTH": "100000",
@@ -138,7 +143,6 @@ def running_service(
         "PYTHONUNBUFFERED": "1",
         **(extra_env or {}),
     }
-    log_dir = log_dir or Path(tempfile.mkdtemp(prefix="hdr-bench-"))
     processes: list[subprocess.Popen[bytes]] = []
     logs = []
 
@@ -241,26 +245,30 @@ def broker_only(redis_url: str, jobs: int) -> float:
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     settings = Settings(redis_url=redis_url, key_prefix=prefix, max_queue_length=jobs + 10)
 
-    async def run() -> float:
+    params = JobParams(exposure_values=(-2.0, 0.0, 2.0), names=("a", "b", "c"))
+
+    async def run(blob_dir: Path) -> float:
         client = connect(redis_url)
-        broker = Broker(client, settings)
+        broker = Broker(client, settings, FileStore(blob_dir, fsync=False))
         await broker.ensure_group()
         blobs = [b"x" * 1000] * 3
         try:
             started = time.perf_counter()
             for _ in range(jobs):
-                await broker.submit({"exposure_values": [-2, 0, 2]}, blobs)
+                await broker.submit(params, blobs)
             for _ in range(jobs):
                 delivery = await broker.receive("bench", block_ms=0)
                 assert delivery is not None
                 await broker.start(delivery, "bench", "zero")
-                await broker.complete(delivery, b"result", {"inference": 0.0}, 1, 1)
+                broker.store.put(result_name(delivery.job_id), b"result")
+                await broker.complete(delivery, StageTimings(inference=0.0), 1, 1)
             return jobs / (time.perf_counter() - started)
         finally:
             await client.aclose()
 
     try:
-        return asyncio.run(run())
+        with tempfile.TemporaryDirectory(prefix="hdr-bench-blobs-") as blob_dir:
+            return asyncio.run(run(Path(blob_dir)))
     finally:
         purge(redis_url, prefix)
 

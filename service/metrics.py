@@ -63,13 +63,13 @@ class Stage(str, Enum):
     QUEUE_WAIT = "queue_wait"
     """Accepted until a worker started it (the last start, for a re-delivered job)."""
     DECODE = "decode"
-    """Fetching the uploads from Redis and decoding them to pixels."""
+    """Reading the uploads from the blob store and decoding them to pixels."""
     INFERENCE = "inference"
     """Preprocessing, tiled engine calls and blending."""
     ENCODE = "encode"
     """Writing the float32 OpenEXR result."""
     STORE = "store"
-    """Storing the result and finishing the job in Redis."""
+    """Writing the result to the blob store and finishing the job in Redis."""
 
 
 class Outcome(str, Enum):

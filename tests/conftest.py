@@ -27,6 +27,7 @@ from redis.asyncio import Redis
 
 from service.config import Settings
 from service.queue import Broker, Keys, connect
+from service.storage.file import FileStore
 
 if TYPE_CHECKING:
     from service.worker.models import ModelSet
@@ -117,11 +118,25 @@ async def redis_client(redis_url: str, key_prefix: str) -> AsyncIterator[Redis]:
 
 
 @pytest.fixture
-def settings(redis_url: str, key_prefix: str) -> Settings:
-    """Settings for tests: the test Redis and prefix, short timeouts, a small queue."""
+def blob_dir(tmp_path: Path) -> Path:
+    """The test's file blob store directory (HDR_STORAGE_URL of ``settings``)."""
+    return tmp_path / "blobs"
+
+
+@pytest.fixture
+def blob_store(blob_dir: Path) -> FileStore:
+    """The test's blob store: a file store on a temporary directory (no fsync: faster)."""
+    return FileStore(blob_dir, fsync=False)
+
+
+@pytest.fixture
+def settings(redis_url: str, key_prefix: str, blob_dir: Path) -> Settings:
+    """Settings for tests: the test Redis and prefix, a temporary blob store, short
+    timeouts, a small queue."""
     return Settings(
         redis_url=redis_url,
         key_prefix=key_prefix,
+        storage_url=f"file://{blob_dir}",
         job_ttl_seconds=60,
         visibility_timeout_seconds=0.5,
         max_attempts=3,
@@ -130,9 +145,9 @@ def settings(redis_url: str, key_prefix: str) -> Settings:
 
 
 @pytest.fixture
-async def broker(redis_client: Redis, settings: Settings) -> Broker:
-    """A broker over the test Redis with its consumer group created."""
-    instance = Broker(redis_client, settings)
+async def broker(redis_client: Redis, settings: Settings, blob_store: FileStore) -> Broker:
+    """A broker over the test Redis and blob store with its consumer group created."""
+    instance = Broker(redis_client, settings, blob_store)
     await instance.ensure_group()
     return instance
 

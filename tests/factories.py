@@ -8,9 +8,12 @@ import os
 import socket
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tifffile
+
+from service.queue.jobs import JobParams
 
 REPO = Path(__file__).resolve().parents[1]
 #: Reference cases made with the official AFUNet code (see its README.md).
@@ -167,3 +170,13 @@ def golden_output(evs: tuple[float, ...]) -> np.ndarray:
     with torch.inference_mode():
         out = load_afunet(GOLDEN_CHECKPOINT)(torch.from_numpy(x)).numpy()
     return np.ascontiguousarray(out[0].transpose(1, 2, 0))
+
+
+def job_params(uploads: Sequence[tuple[str, bytes]], **changes: Any) -> JobParams:
+    """Job parameters as the API makes them for ``uploads`` (short to long, EVs -2, 0, 2)."""
+    fields: dict[str, Any] = {
+        "exposure_values": (-2.0, 0.0, 2.0),
+        "names": tuple(name for name, _ in uploads),
+        **changes,
+    }
+    return JobParams(**fields)

@@ -202,3 +202,14 @@ def test_missing_checkpoint_and_empty_model_repo_are_named(tmp_path, capsys, mon
     monkeypatch.setenv("HDR_MODEL_REPO", str(tmp_path / "repo"))
     assert main(["infer", str(GOLDEN_SEED0), "-o", str(tmp_path / "x.exr")]) == 2
     assert "model.pth" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["api", "worker"])
+def test_api_and_worker_refuse_to_start_without_a_blob_store(
+    command: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HDR_REDIS_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.delenv("HDR_STORAGE_URL", raising=False)
+    assert main([command]) != 0
+    message = capsys.readouterr().err
+    assert "HDR_STORAGE_URL is not set" in message and "serve" in message

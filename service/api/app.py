@@ -8,6 +8,7 @@ imports torch (a test checks it): it validates and queues, the workers compute.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
@@ -16,10 +17,16 @@ from fastapi import FastAPI
 
 from service.api.deps import key_hashes
 from service.api.errors import install_error_handlers
-from service.api.middleware import BodyReadTimeout, BodySizeLimit, RequestMetrics
+from service.api.middleware import (
+    ApiKeyGate,
+    BodyReadTimeout,
+    BodySizeLimit,
+    RequestMetrics,
+    UploadLimit,
+)
 from service.api.openapi import install_openapi
 from service.api.routes import health, jobs, models
-from service.api.uploads import request_body_limit
+from service.api.uploads import PROBE_SLOTS, request_body_limit
 from service.config import Settings
 from service.metrics import ApiMetrics
 from service.queue import open_broker
@@ -40,9 +47,13 @@ to long.
 (`Authorization: Bearer <key>` or `X-API-Key`), and a job is visible only with the key
 that created it.
 
+**Results.** `GET /v1/jobs/{id}/result` streams the file; with an S3 blob store it answers
+307 to a short-lived presigned URL instead, unless `redirect=false` is asked.
+
 **Errors.** Every error is `{"error": {"code", "message"}}`: 400 malformed, 401/403 auth,
 404 unknown job, 409 no result (yet), 413 too large, 415 unsupported format, 422 invalid
-exposure set or model, 429 queue full (with Retry-After), 503 queue unavailable.
+exposure set or model, 429 queue full (with Retry-After), 503 Redis or the blob store
+unavailable, or too many uploads in progress (with Retry-After).
 """
 
 
@@ -62,6 +73,7 @@ def create_app(settings: Settings) -> FastAPI:
             settings, client_name="hdr-api", deadline=settings.request_timeout_seconds
         ) as broker:
             app.state.broker = broker
+            app.state.probe_slots = asyncio.Semaphore(PROBE_SLOTS)  # of this event loop
             yield
 
     app = FastAPI(
@@ -79,7 +91,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(models.router)
     app.include_router(health.router)
     install_openapi(app, auth=bool(settings.api_keys))
-    # Added last = outermost: metrics also count the 413s and 408s the body bounds answer.
+    # Added last = outermost: metrics also count the 413s and 408s the body bounds answer;
+    # the key gate and the upload limit answer before any body is read.
+    app.add_middleware(UploadLimit, limit=settings.max_concurrent_uploads)
+    app.add_middleware(ApiKeyGate, key_hashes=app.state.key_hashes)
     app.add_middleware(BodySizeLimit, max_bytes=request_body_limit(settings))
     app.add_middleware(BodyReadTimeout, seconds=settings.body_read_timeout_seconds)
     app.add_middleware(RequestMetrics, metrics=metrics, router=app.router)

@@ -71,16 +71,15 @@ BrokerDep = Annotated[Broker, Depends(get_broker)]
 MetricsDep = Annotated[ApiMetrics, Depends(get_metrics)]
 
 
-def get_owner(
-    request: Request,
-    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    header_key: Annotated[str | None, Depends(_api_key_header)],
-) -> str | None:
-    """The caller's owner id (hash of its key); None when auth is off. 401/403 otherwise."""
-    known: tuple[str, ...] = request.app.state.key_hashes
+def authenticate(presented: str | None, known: Sequence[str]) -> str | None:
+    """The owner id of a presented key; None when auth is off (no ``known`` hashes).
+
+    Raises 401 without a key, 403 for a key that is not one of ``known``. Used twice: by
+    the :class:`~service.api.middleware.ApiKeyGate` on the raw headers before a body is
+    read, and by :func:`get_owner` for the handlers.
+    """
     if not known:
         return None
-    presented = header_key or (bearer.credentials if bearer is not None else None)
     if not presented:
         raise NotAuthenticated(
             "this API needs a key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`"
@@ -92,6 +91,16 @@ def get_owner(
     if not accepted:
         raise Forbidden("the API key is not accepted")
     return digest
+
+
+def get_owner(
+    request: Request,
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    header_key: Annotated[str | None, Depends(_api_key_header)],
+) -> str | None:
+    """The caller's owner id (hash of its key); None when auth is off. 401/403 otherwise."""
+    presented = header_key or (bearer.credentials if bearer is not None else None)
+    return authenticate(presented, request.app.state.key_hashes)
 
 
 OwnerDep = Annotated[str | None, Depends(get_owner)]

@@ -19,11 +19,12 @@ from typing import Final
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from service.errors import QueueFull, ServiceError
+from service.storage import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -161,10 +162,14 @@ def allowed_methods(request: Request) -> list[str]:
     return allowed
 
 
-def _service_error(exc: ServiceError) -> JSONResponse:
+def handle_service_error(exc: ServiceError) -> JSONResponse:
+    """The answer to a ``ServiceError``: its status and code, ``Retry-After`` for the
+    retryable ones (queue full, Redis or the blob store unavailable)."""
     headers = {}
     retry_after = getattr(exc, "retry_after", None)
-    if isinstance(exc, QueueFull | Unavailable) and retry_after is not None:
+    if isinstance(exc, StoreUnavailable):
+        retry_after = UNAVAILABLE_RETRY_AFTER_SECONDS
+    if isinstance(exc, QueueFull | Unavailable | StoreUnavailable) and retry_after is not None:
         headers["Retry-After"] = str(int(retry_after))
     if isinstance(exc, NotAuthenticated):
         headers["WWW-Authenticate"] = 'Bearer realm="hdr"'
@@ -176,7 +181,7 @@ def _service_error(exc: ServiceError) -> JSONResponse:
 async def handle_error(request: Request, exc: Exception) -> JSONResponse:
     """The API's single exception handler (registered for each family below)."""
     if isinstance(exc, ServiceError):
-        return _service_error(exc)
+        return handle_service_error(exc)
     if isinstance(exc, RequestValidationError):
         return error_response(400, "bad_request", _validation_message(exc))
     if isinstance(exc, StarletteHTTPException):
@@ -187,9 +192,14 @@ async def handle_error(request: Request, exc: Exception) -> JSONResponse:
             headers["Allow"] = ", ".join(allowed_methods(request))
             message = f"{request.method} is not allowed here; allowed: {headers['Allow']}"
         return error_response(exc.status_code, code, message, headers or None)
+    if isinstance(exc, OutOfMemoryError):
+        log.warning("Redis refuses writes during %s %s: %s", request.method, request.url.path, exc)
+        return handle_service_error(
+            Unavailable("Redis (the job queue) refuses writes: it is at its maxmemory limit")
+        )
     if isinstance(exc, RedisError | ConnectionError | TimeoutError):
         log.warning("Redis unavailable during %s %s: %s", request.method, request.url.path, exc)
-        return _service_error(
+        return handle_service_error(
             Unavailable(f"Redis (the job queue) is unavailable or too slow ({type(exc).__name__})")
         )
     log.exception("unhandled error in %s %s", request.method, request.url.path)

@@ -15,31 +15,38 @@ limit; the deadline bounds what the client waits for.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 
-from service.config import Settings
 from service.errors import ImageTooLarge
 from service.imaging import ImageInfo, verify
 
 
-async def verify_uploads(
-    blobs: Sequence[bytes], names: Sequence[str], settings: Settings
-) -> list[ImageInfo]:
-    """:func:`verify` each file in a thread, in order; 413 when the deadline passes.
+class ProbeDeadline:
+    """One deadline for checking all the files of a request, naming the file in hand.
 
-    In order, one at a time, so that the first bad file is the one named, as it was when
-    the checks ran inline.
+    ``async with ProbeDeadline(seconds) as deadline:`` then :meth:`verify` each file in
+    order, so that the first bad file is the one named, as when the checks ran inline; past
+    the deadline the request is a 413 naming the file being checked.
     """
-    infos: list[ImageInfo] = []
-    current = names[0] if names else ""
-    try:
-        async with asyncio.timeout(settings.probe_timeout_seconds):
-            for blob, name in zip(blobs, names, strict=True):
-                current = name
-                infos.append(await asyncio.to_thread(verify, blob, name, settings.max_pixels))
-    except TimeoutError:
-        raise ImageTooLarge(
-            f"{current}: checking the files took longer than"
-            f" {settings.probe_timeout_seconds:g} s; the file is too complex to accept"
-        ) from None
-    return infos
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.current = ""
+        self._timeout = asyncio.timeout(seconds)
+
+    async def __aenter__(self) -> ProbeDeadline:
+        await self._timeout.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            await self._timeout.__aexit__(*exc)  # type: ignore[arg-type]
+        except TimeoutError:
+            raise ImageTooLarge(
+                f"{self.current}: checking the files took longer than"
+                f" {self.seconds:g} s; the file is too complex to accept"
+            ) from None
+
+    async def verify(self, data: bytes, name: str, max_pixels: int) -> ImageInfo:
+        """:func:`verify` one file in a worker thread."""
+        self.current = name
+        return await asyncio.to_thread(verify, data, name, max_pixels)

@@ -155,7 +155,7 @@ class JobPublic(BaseModel):
     finished_at: datetime | None = Field(description="When it reached a final status.")
     timings: dict[str, float] = Field(
         description="Seconds per stage of the successful run: queue_wait, decode, inference,"
-        " encode."
+        " encode, store."
     )
     error: str | None = Field(
         description="Why it failed, or why the last attempt failed while it is retried."
@@ -167,7 +167,7 @@ class JobPublic(BaseModel):
     def from_record(cls, record: JobRecord, root_path: str = "") -> JobPublic:
         """The public view of a broker record (the owner and internal fields stay out)."""
         status_url = f"{root_path}/v1/jobs/{record.id}"
-        evs = record.params.get("exposure_values")
+        evs = record.params.exposure_values if record.params is not None else None
         return cls(
             id=record.id,
             status=record.status,
@@ -176,12 +176,12 @@ class JobPublic(BaseModel):
             engine=record.engine,
             width=record.width,
             height=record.height,
-            exposure_values=[float(v) for v in evs] if isinstance(evs, list) else None,
+            exposure_values=list(evs) if evs is not None else None,
             attempts=record.attempts,
             created_at=datetime.fromtimestamp(record.created_at, tz=timezone.utc),
             started_at=_when(record.started_at),
             finished_at=_when(record.finished_at),
-            timings=dict(record.timings),
+            timings=record.timings.as_dict(),
             error=record.error,
             status_url=status_url,
             result_url=f"{status_url}/result",

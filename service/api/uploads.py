@@ -1,9 +1,14 @@
 """From the submitted form to what the broker stores: every check that keeps bad input out.
 
+The multipart parser has spooled each file to a temporary file (memory only up to 1 MB);
+the files are read here one at a time for their headers and dropped again, so the API
+never holds a whole exposure set in memory: the broker then streams each file from its
+temporary file to the blob store.
+
 Run in the API before anything is queued, cheapest first, and never decoding a pixel:
 count of files, bytes per file, format and size from the header alone (:func:`probe`
 refuses decompression bombs by their declared pixel count) and complete pixel data, in a
-thread under a deadline (:func:`verify_uploads`), minimum size, equal sizes,
+thread under a deadline (:class:`ProbeDeadline`), minimum size, equal sizes,
 then the exposure metadata (form fields or EXIF), which decides the order the frames are
 stored in: short to long, as the model wants them. Each failure is the ``ServiceError``
 whose status the HTTP contract names, with a message that names the field or file.
@@ -25,14 +30,15 @@ trained:
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import BinaryIO, Final
 
 from fastapi import UploadFile
 
-from service.api.probing import verify_uploads
+from service.api.probing import ProbeDeadline
 from service.api.schemas import JobCreate
 from service.config import Settings
 from service.errors import BadRequest, ImageTooLarge, InvalidExposureSet
@@ -43,11 +49,15 @@ from service.exposures import (
     relative_to_shortest,
 )
 from service.imaging import EXPOSURE_COUNT, ImageInfo, check_bracket
+from service.queue.jobs import JobParams
 
 #: Form fields besides the files: one MiB is far more than any honest form needs.
 FORM_OVERHEAD_BYTES: Final = 1024 * 1024
 #: Largest frame that may run untiled (tile_size=0): the whole frame is one engine call.
 MAX_UNTILED_PIXELS: Final = 1024 * 1024
+#: Uploads whose bytes the API holds at once while probing their headers, whatever the
+#: number of concurrent submissions (the rest of a submission streams from disk).
+PROBE_SLOTS: Final = 2
 #: File names are echoed in messages; keep them short and printable.
 MAX_NAME_CHARS: Final = 80
 
@@ -63,8 +73,9 @@ def request_body_limit(settings: Settings) -> int:
 class Submission:
     """A validated exposure set, short to long, ready for :meth:`Broker.submit`."""
 
-    blobs: list[bytes]
-    """The uploaded bytes, sorted by exposure."""
+    files: list[BinaryIO]
+    """The uploads' spooled files, sorted by exposure (read by the broker, streamed)."""
+    sizes: list[int]
     infos: list[ImageInfo]
     names: list[str]
     evs: tuple[float, ...]
@@ -82,17 +93,17 @@ class Submission:
 
     @property
     def total_bytes(self) -> int:
-        return sum(len(blob) for blob in self.blobs)
+        return sum(self.sizes)
 
-    def params(self, tile_size: int | None) -> dict[str, Any]:
-        """The job parameters the worker reads (JSON-serialisable)."""
-        return {
-            "exposure_values": list(self.evs),
-            "exposure_source": self.source,
-            "names": self.names,
-            "formats": [info.format.value for info in self.infos],
-            "tile_size": tile_size,
-        }
+    def params(self, tile_size: int | None) -> JobParams:
+        """The job parameters the worker reads (the broker adds the blob names)."""
+        return JobParams(
+            exposure_values=self.evs,
+            exposure_source=self.source,
+            names=tuple(self.names),
+            formats=tuple(info.format.value for info in self.infos),
+            tile_size=tile_size,
+        )
 
 
 def _display_name(upload: UploadFile, index: int) -> str:
@@ -101,14 +112,29 @@ def _display_name(upload: UploadFile, index: int) -> str:
     return name or f"exposure {index + 1}"
 
 
-async def _read_bounded(upload: UploadFile, name: str, limit: int) -> bytes:
-    """The file's bytes, refusing it (413) as soon as it is known to exceed ``limit``."""
+async def _probe_upload(
+    upload: UploadFile,
+    name: str,
+    limit: int,
+    max_pixels: int,
+    slots: asyncio.Semaphore,
+    deadline: ProbeDeadline,
+) -> tuple[ImageInfo, int]:
+    """The file's header and size, refusing it (413) as soon as it is known to exceed
+    ``limit``. The bytes are dropped again and the file rewound for the broker; at most
+    ``slots`` files of all concurrent submissions are held in memory at once."""
     if upload.size is not None and upload.size > limit:
         raise ImageTooLarge(f"{name}: {upload.size} bytes, over the limit of {limit} bytes")
-    data = await upload.read(limit + 1)
-    if len(data) > limit:
-        raise ImageTooLarge(f"{name}: more than {limit} bytes, over the limit")
-    return data
+    async with slots:
+        await upload.seek(0)
+        data = await upload.read(limit + 1)
+        if len(data) > limit:
+            raise ImageTooLarge(f"{name}: more than {limit} bytes, over the limit")
+        info = await deadline.verify(data, name, max_pixels)
+        size = len(data)
+        del data
+    await upload.seek(0)
+    return info, size
 
 
 def _fmt(values: Sequence[float]) -> str:
@@ -166,8 +192,14 @@ def _exposure_values(
     return relative_to_shortest(values), source  # plain decimals, 200 characters: finite
 
 
-async def read_submission(form: JobCreate, settings: Settings) -> Submission:
-    """Validate the form's files and exposure metadata; sort the frames short to long."""
+async def read_submission(
+    form: JobCreate, settings: Settings, probe_slots: asyncio.Semaphore
+) -> Submission:
+    """Validate the form's files and exposure metadata; sort the frames short to long.
+
+    ``probe_slots`` (the app's, :data:`PROBE_SLOTS`) bounds how many files' bytes all
+    concurrent submissions hold in memory together while their headers are probed.
+    """
     uploads = form.exposures
     if len(uploads) != EXPOSURE_COUNT:
         raise InvalidExposureSet(
@@ -177,11 +209,14 @@ async def read_submission(form: JobCreate, settings: Settings) -> Submission:
     names = [_display_name(upload, i) for i, upload in enumerate(uploads)]
     if len(set(names)) != len(names):  # keep messages unambiguous
         names = [f"{name} (#{i + 1})" for i, name in enumerate(names)]
-    blobs = [
-        await _read_bounded(upload, name, settings.max_upload_bytes)
-        for upload, name in zip(uploads, names, strict=True)
-    ]
-    infos = await verify_uploads(blobs, names, settings)
+    async with ProbeDeadline(settings.probe_timeout_seconds) as deadline:
+        probed = [
+            await _probe_upload(
+                upload, name, settings.max_upload_bytes, settings.max_pixels, probe_slots, deadline
+            )
+            for upload, name in zip(uploads, names, strict=True)
+        ]
+    infos = [info for info, _ in probed]
     for info, name in zip(infos, names, strict=True):
         if min(info.width, info.height) < settings.min_side:
             raise InvalidExposureSet(
@@ -198,7 +233,8 @@ async def read_submission(form: JobCreate, settings: Settings) -> Submission:
     except InvalidExposureSet as exc:
         raise InvalidExposureSet(f"{source}: {exc.message}") from exc
     return Submission(
-        blobs=[blobs[i] for i in order],
+        files=[uploads[i].file for i in order],
+        sizes=[probed[i][1] for i in order],
         infos=[infos[i] for i in order],
         names=[names[i] for i in order],
         evs=checked,

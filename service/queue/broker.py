@@ -1,7 +1,9 @@
-"""The job broker: a Redis Streams work queue with job records, blobs and results.
+"""The job broker: a Redis Streams work queue with job records; blobs in a blob store.
 
-Both the API (submit, get, cancel, result) and the workers (receive, start, touch,
-progress, complete, fail, release) use this one class over one ``redis.asyncio`` client.
+Both the API (submit, get, cancel) and the workers (receive, start, touch, progress,
+complete, fail, release) use this one class over one ``redis.asyncio`` client and one
+:class:`~service.storage.BlobStore`. Redis holds only state (a few KB per job); the
+uploads and results live in the store under names built from the job id.
 
 Delivery model
 --------------
@@ -30,8 +32,10 @@ Lifetime
 --------
 A job's record lives ``job_ttl_seconds`` after its last state change (submit, delivery,
 start, progress, retry, hand-back, cancel, end): a job that waited long in the queue
-keeps its record while it runs and for a full TTL after it ends. Its uploads, result,
-cancel flag and idempotency mapping never outlive the record (see ``scripts.refresh``).
+keeps its record while it runs and for a full TTL after it ends. Its cancel flag and
+idempotency mapping never outlive the record (see ``scripts.refresh``); its blobs go when
+it ends badly or is cancelled, its uploads when it succeeds, and the sweeper
+(``storage.lifecycle``) removes any left once the record has expired.
 """
 
 from __future__ import annotations
@@ -43,18 +47,26 @@ import math
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any, Final
+from dataclasses import dataclass, replace
+from typing import Any, BinaryIO, Final
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from service.config import Settings
+from service.config import Settings, require_storage_url
 from service.errors import JobNotFound, QueueFull
 from service.queue import scripts
 from service.queue.connection import RedisSettings, connect
-from service.queue.jobs import JobRecord, JobState, is_valid_job_id, new_job_id
+from service.queue.jobs import (
+    JobParams,
+    JobRecord,
+    JobState,
+    StageTimings,
+    is_valid_job_id,
+    new_job_id,
+)
 from service.queue.keys import ENTRY_JOB, STAT_JOB_SECONDS, Keys
+from service.storage import BlobStore, StoreUnavailable, input_name, job_prefix, open_store
 
 log = logging.getLogger(__name__)
 
@@ -86,13 +98,17 @@ class Delivery:
 class Broker:
     """Redis Streams job queue, job records, uploads and results of one deployment.
 
-    The broker does not own ``redis``: whoever opened the client closes it (see
+    Job state lives in Redis, the bytes of uploads and results in ``store``; the broker
+    deletes a job's blobs when the job ends without needing them (uploads once the result
+    is stored; everything when it fails, is cancelled, dead-lettered or found expired).
+    The broker does not own ``redis`` or ``store``: whoever opened them closes them (see
     :func:`open_broker`).
     """
 
-    def __init__(self, redis: Redis, settings: Settings) -> None:
+    def __init__(self, redis: Redis, settings: Settings, store: BlobStore) -> None:
         self.redis = redis
         self.settings = settings
+        self.store = store
         self.keys = Keys(settings.key_prefix)
         self._ttl = int(settings.job_ttl_seconds)
         self._visibility_ms = max(1, round(settings.visibility_timeout_seconds * 1000))
@@ -112,8 +128,8 @@ class Broker:
 
     async def submit(
         self,
-        params: Mapping[str, Any],
-        blobs: Sequence[bytes],
+        params: JobParams,
+        sources: Sequence[BinaryIO | bytes],
         owner: str | None = None,
         idempotency_key: str | None = None,
         *,
@@ -121,49 +137,55 @@ class Broker:
         width: int | None = None,
         height: int | None = None,
     ) -> JobRecord:
-        """Queue a job over ``blobs`` (kept in order) and return its record.
+        """Store ``sources`` (kept in order) in the blob store, queue a job over them and
+        return its record.
 
         With an ``idempotency_key``, a job already submitted by the same ``owner`` under
-        that key is returned instead and nothing is queued. Raises :class:`QueueFull`
-        when ``max_queue_length`` jobs are queued. ``params`` must be JSON-serialisable;
-        ``model``, ``width`` and ``height`` fill the record's fields of those names.
+        that key is returned instead, and nothing is stored or queued. Raises
+        :class:`QueueFull` when ``max_queue_length`` jobs are queued, and
+        :class:`StoreUnavailable` when the store cannot take the uploads; either way
+        nothing is queued and whatever was stored is deleted again. ``model``, ``width``
+        and ``height`` fill the record's fields of those names.
         """
-        if not blobs:
+        if not sources:
             raise ValueError("a job needs at least one input blob")
         idem_key = self.keys.idempotency(owner, idempotency_key) if idempotency_key else None
-        # Two tries: the second only when an idempotency mapping outlived its job.
-        for _ in range(2):
-            if idem_key is not None:
-                existing = await self._idempotent_job(idem_key)
-                if existing is not None:
-                    return existing
-            record = JobRecord(
-                id=new_job_id(),
-                status=JobState.QUEUED,
-                created_at=time.time(),
-                owner=owner,
-                model=model,
-                width=width,
-                height=height,
-                params=dict(params),
-            )
-            outcome = await self._enqueue(record, blobs, idem_key)
-            if outcome is not None:
-                return outcome
+        if idem_key is not None and (existing := await self._idempotent_job(idem_key)):
+            return existing
+        job_id = new_job_id()
+        names = tuple(input_name(job_id, i) for i in range(len(sources)))
+        try:
+            for name, source in zip(names, sources, strict=True):
+                await asyncio.to_thread(self.store.put, name, source)
+        except BaseException:
+            await self.drop_blobs(job_id)
+            raise
+        record = JobRecord(
+            id=job_id,
+            status=JobState.QUEUED,
+            created_at=time.time(),
+            owner=owner,
+            model=model,
+            width=width,
+            height=height,
+            params=replace(params, inputs=names),
+        )
+        try:
+            # Two tries: the second only when an idempotency mapping outlived its job.
+            for _ in range(2):
+                outcome = await self._enqueue(record, idem_key)
+                if outcome is not None:
+                    if outcome.id != job_id:  # a concurrent duplicate won
+                        await self.drop_blobs(job_id)
+                    return outcome
+        except BaseException:
+            await self.drop_blobs(job_id)
+            raise
+        await self.drop_blobs(job_id)
         raise RuntimeError("idempotency mapping kept pointing at an expired job")
 
-    async def _enqueue(
-        self, record: JobRecord, blobs: Sequence[bytes], idem_key: str | None
-    ) -> JobRecord | None:
-        """Store the uploads, then admit the job atomically; None: retry (stale mapping)."""
-        inputs = self.keys.inputs(record.id)
-        # Uploads go first, outside the script: they are large, and nobody can see them
-        # until the record exists. A refused or failed submit deletes them again (and
-        # the TTL covers a crash in between).
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(inputs, mapping={str(i): blob for i, blob in enumerate(blobs)})
-            pipe.expire(inputs, self._ttl)
-            await pipe.execute()
+    async def _enqueue(self, record: JobRecord, idem_key: str | None) -> JobRecord | None:
+        """Admit the job atomically; None: retry (the mapping pointed at an expired job)."""
         keys = [self.keys.job(record.id), self.keys.queued, self.keys.stream]
         if idem_key is not None:
             keys.append(idem_key)
@@ -177,15 +199,10 @@ class Broker:
         ]
         for name, value in record.to_redis().items():
             args += [name, value]
-        try:
-            kind, value = await self._submit(keys=keys, args=args)
-        except BaseException:
-            await self.redis.delete(inputs)
-            raise
+        kind, value = await self._submit(keys=keys, args=args)
         if kind == b"ok":
             log.info("queued job %s (entry %s)", record.id, value.decode())
             return record
-        await self.redis.delete(inputs)
         if kind == b"duplicate":
             existing = await self.get(value.decode())
             if existing is not None:
@@ -232,38 +249,43 @@ class Broker:
         mapping: Any = await self.redis.hgetall(self.keys.job(job_id))
         return JobRecord.from_redis(mapping) if mapping else None
 
-    async def get_blob(self, job_id: str, index: int) -> bytes:
-        """The ``index``-th upload of a job; raises :class:`JobNotFound` when gone.
+    async def existing_jobs(self, job_ids: Sequence[str]) -> set[str]:
+        """Which of ``job_ids`` still have a record (for the blob sweeper)."""
+        valid = [j for j in job_ids if is_valid_job_id(j)]
+        if not valid:
+            return set()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in valid:
+                pipe.exists(self.keys.job(job_id))
+            found = await pipe.execute()
+        return {job_id for job_id, n in zip(valid, found, strict=True) if n}
 
-        Uploads are deleted when the job succeeds or is cancelled, and expire with it.
-        """
-        blob: Any = None
-        if is_valid_job_id(job_id):
-            blob = await self.redis.hget(self.keys.inputs(job_id), str(index))
-        if blob is None:
-            raise JobNotFound(f"input {index} of job {job_id} is not available")
-        return bytes(blob)
+    async def drop_blobs(self, job_id: str, *, inputs_only: bool = False) -> None:
+        """Delete a job's blobs (or only its uploads) from the store; a store fault is
+        logged, not raised: the sweeper removes what is left once the record expires."""
+        prefix = job_prefix(job_id)
 
-    async def get_blobs(self, job_id: str) -> list[bytes]:
-        """All uploads of a job in submission order; raises :class:`JobNotFound` when gone."""
-        mapping: Any = {}
-        if is_valid_job_id(job_id):
-            mapping = await self.redis.hgetall(self.keys.inputs(job_id))
-        if not mapping:
-            raise JobNotFound(f"inputs of job {job_id} are not available")
-        return [bytes(mapping[k]) for k in sorted(mapping, key=int)]
+        def drop() -> None:
+            if inputs_only:
+                self.store.delete(
+                    [
+                        b.name
+                        for b in self.store.list(prefix)
+                        if b.name.startswith(f"{prefix}input-")
+                    ]
+                )
+            else:
+                self.store.delete_prefix(prefix)
 
-    async def get_result(self, job_id: str) -> bytes | None:
-        """The stored result of a succeeded job; None when there is none (yet, or any more)."""
-        if not is_valid_job_id(job_id):
-            return None
-        result: Any = await self.redis.get(self.keys.result(job_id))
-        return None if result is None else bytes(result)
+        try:
+            await asyncio.to_thread(drop)
+        except StoreUnavailable as exc:
+            log.warning("could not delete the blobs of job %s (%s); the sweeper will", job_id, exc)
 
     async def cancel(self, job_id: str) -> JobRecord:
         """Cancel a job and return its record as it is after the call.
 
-        A queued job is ``cancelled`` at once (its uploads are dropped; a worker that
+        A queued job is ``cancelled`` at once (its blobs are deleted; a worker that
         receives it later skips it). A running job stays ``running`` with a cancel flag
         set; its worker sees :meth:`is_cancel_requested` and calls
         :meth:`mark_cancelled`. A final job is returned unchanged. Raises
@@ -272,17 +294,14 @@ class Broker:
         if not is_valid_job_id(job_id):
             raise JobNotFound(f"job {job_id} not found")
         reply = await self._cancel(
-            keys=[
-                self.keys.job(job_id),
-                self.keys.queued,
-                self.keys.inputs(job_id),
-                self.keys.cancel(job_id),
-            ],
+            keys=[self.keys.job(job_id), self.keys.queued, self.keys.cancel(job_id)],
             args=[job_id, repr(time.time()), self._ttl],
         )
         if not reply:
             raise JobNotFound(f"job {job_id} not found")
         record = _record_from_flat(reply)
+        if record.status is JobState.CANCELLED:
+            await self.drop_blobs(job_id)
         log.info("cancel of job %s: now %s", job_id, record.status.value)
         return record
 
@@ -380,7 +399,6 @@ class Broker:
                 self.keys.stream,
                 self.keys.dead_letter,
                 self.keys.cancel(job_id),
-                self.keys.inputs(job_id),
             ],
             args=[
                 self.keys.group,
@@ -409,6 +427,8 @@ class Broker:
             )
         else:
             log.info("skipping entry %s of job %s: %s", entry_id, job_id, kind.decode())
+        if kind in (b"dead", b"cancelled", b"expired"):
+            await self.drop_blobs(job_id)
         return None
 
     async def start(self, delivery: Delivery, worker_id: str, engine: str) -> JobRecord | None:
@@ -422,7 +442,6 @@ class Broker:
                 self.keys.job(delivery.job_id),
                 self.keys.queued,
                 self.keys.stream,
-                self.keys.inputs(delivery.job_id),
             ],
             args=[
                 self.keys.group,
@@ -456,34 +475,31 @@ class Broker:
         """Record tiles done of total; ignored (False) unless the job is running.
 
         Progress is a state change: it restarts the job's TTL, so a long job keeps its
-        record (and uploads) for as long as it runs.
+        record for as long as it runs.
         """
-        updated = await self._progress(
-            keys=[self.keys.job(job_id), self.keys.inputs(job_id)], args=[done, total, self._ttl]
-        )
+        updated = await self._progress(keys=[self.keys.job(job_id)], args=[done, total, self._ttl])
         return bool(updated)
 
     async def complete(
         self,
         delivery: Delivery,
-        result: bytes,
-        timings: Mapping[str, float],
+        timings: StageTimings,
         width: int,
         height: int,
     ) -> bool:
-        """Store the result, mark the job succeeded, ack and delete its entry.
+        """Mark the job succeeded, ack and delete its entry, delete its uploads.
 
-        Returns True when this call produced the job's result. False when the job was
-        already final (another worker finished first, or it was cancelled or failed) or
-        has expired: then nothing is stored and nothing changes, the entry is only acked.
+        The worker has stored the result under ``result_name(job_id)`` before: a record
+        never says ``succeeded`` without its result. Returns True when this call finished
+        the job. False when the job was already final (another worker finished first, or
+        it was cancelled or failed) or has expired: then nothing changes and the entry is
+        only acked; the blobs go unless another worker's result is the job's result.
         """
         outcome = await self._complete(
             keys=[
                 self.keys.job(delivery.job_id),
-                self.keys.result(delivery.job_id),
                 self.keys.queued,
                 self.keys.stream,
-                self.keys.inputs(delivery.job_id),
                 self.keys.cancel(delivery.job_id),
                 self.keys.stats,
             ],
@@ -491,19 +507,21 @@ class Broker:
                 self.keys.group,
                 delivery.entry_id,
                 delivery.job_id,
-                result,
-                self._ttl,
                 repr(time.time()),
-                json.dumps(dict(timings), separators=(",", ":"), sort_keys=True),
+                json.dumps(timings.as_dict(), separators=(",", ":"), sort_keys=True),
                 width,
                 height,
+                self._ttl,
             ],
         )
         stored = outcome == b"stored"
         if stored:
-            log.info("job %s succeeded (%s bytes)", delivery.job_id, len(result))
+            log.info("job %s succeeded", delivery.job_id)
+            await self.drop_blobs(delivery.job_id, inputs_only=True)
         else:
             log.info("result of job %s dropped: job %s", delivery.job_id, outcome.decode())
+            if outcome != JobState.SUCCEEDED.value.encode():
+                await self.drop_blobs(delivery.job_id)
         return stored
 
     async def fail(
@@ -535,7 +553,6 @@ class Broker:
                 self.keys.stream,
                 self.keys.dead_letter,
                 self.keys.cancel(delivery.job_id),
-                self.keys.inputs(delivery.job_id),
             ],
             args=[
                 self.keys.group,
@@ -555,6 +572,8 @@ class Broker:
         log.warning(
             "job %s attempt %s failed (%s): %s", delivery.job_id, delivery.attempts, text, reason
         )
+        if text in (JobState.FAILED.value, "expired"):
+            await self.drop_blobs(delivery.job_id)
         return None if text == "expired" else JobState(text)
 
     async def release(self, delivery: Delivery) -> JobState | None:
@@ -571,7 +590,6 @@ class Broker:
                 self.keys.job(delivery.job_id),
                 self.keys.queued,
                 self.keys.stream,
-                self.keys.inputs(delivery.job_id),
             ],
             args=[
                 self.keys.group,
@@ -594,7 +612,6 @@ class Broker:
                 self.keys.job(delivery.job_id),
                 self.keys.queued,
                 self.keys.stream,
-                self.keys.inputs(delivery.job_id),
                 self.keys.cancel(delivery.job_id),
             ],
             args=[
@@ -605,7 +622,10 @@ class Broker:
                 self._ttl,
             ],
         )
-        return _record_from_flat(reply) if reply else None
+        record = _record_from_flat(reply) if reply else None
+        if record is None or record.status is JobState.CANCELLED:
+            await self.drop_blobs(delivery.job_id)
+        return record
 
     # ------------------------------------------------------------------ observability
 
@@ -696,21 +716,24 @@ class Broker:
 async def open_broker(
     settings: Settings, *, client_name: str | None = None, deadline: float | None = None
 ) -> AsyncIterator[Broker]:
-    """Connect to ``settings.redis_url`` for the duration of the block (app lifespan).
+    """Connect to ``settings.redis_url`` and open ``settings.storage_url`` for the
+    duration of the block (app lifespan, worker process).
 
-    ``deadline`` bounds every command (:meth:`RedisSettings.with_deadline`): the API's
+    ``deadline`` bounds every Redis command (:meth:`RedisSettings.with_deadline`): the API's
     requests pass one; the worker, whose blocking reads wait for jobs, does not.
     """
     if not settings.redis_url:
         raise ValueError("settings.redis_url is not set")
+    store = open_store(require_storage_url(settings))
     target = RedisSettings.from_dsn(settings.redis_url)
     if deadline is not None:
         target = target.with_deadline(deadline)
     redis = connect(target, client_name=client_name)
     try:
-        yield Broker(redis, settings)
+        yield Broker(redis, settings, store)
     finally:
         await redis.aclose()
+        store.close()
 
 
 def _text(value: Any) -> str:

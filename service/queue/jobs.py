@@ -1,4 +1,5 @@
-"""Job states, the job record and its Redis hash encoding, job ids.
+"""Job states, the job record and its Redis hash encoding, job ids; the typed hand-over
+between the API and the worker (:class:`JobParams`) and the stage timings.
 
 A record is stored as a flat Redis hash so that the broker's Lua scripts can read and
 change single fields (``status``, ``attempts``, ``tiles_done``) atomically without
@@ -11,7 +12,7 @@ import json
 import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from typing import Any, Final
 
@@ -64,7 +65,75 @@ FIELD_LAST_ERROR: Final = "last_error"
 
 _INT_FIELDS: Final = frozenset({"width", "height", "tiles_done", "tiles_total", "attempts"})
 _FLOAT_FIELDS: Final = frozenset({"created_at", "started_at", "finished_at"})
-_JSON_FIELDS: Final = frozenset({"timings", "params"})
+
+
+@dataclass(frozen=True)
+class JobParams:
+    """What the API decided about a job and the worker needs to run it; fixed at submit.
+
+    The one hand-over between the two processes: the API builds it from the validated
+    form, the broker stores it as JSON in the record, the worker reads it back. Nobody
+    spells its keys.
+    """
+
+    exposure_values: tuple[float, ...]
+    """EV stops, short to long (the order of ``inputs``)."""
+    names: tuple[str, ...]
+    """Display names of the uploads (printable, shortened), for messages."""
+    formats: tuple[str, ...] = ()
+    """Image format of each upload as the API probed it (png, jpeg, tiff)."""
+    exposure_source: str = "exposure_values"
+    """Where the EVs came from: ``exposure_values``, ``exposure_times`` or ``exif``."""
+    tile_size: int | None = None
+    """The client's tile size (0: untiled); None: the model's."""
+    inputs: tuple[str, ...] = ()
+    """Blob names of the uploads in the store, short to long (set by the broker)."""
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, raw: str) -> JobParams:
+        """Decode :meth:`to_json`; tolerant of the older records' missing keys (a record
+        queued before blob references existed still decodes, to fail by its missing
+        inputs rather than to crash the worker reading it)."""
+        data = json.loads(raw)
+        return cls(
+            exposure_values=tuple(float(v) for v in data["exposure_values"]),
+            names=tuple(str(n) for n in data.get("names") or ()),
+            formats=tuple(str(f) for f in data.get("formats", ())),
+            exposure_source=str(data.get("exposure_source", "exposure_values")),
+            tile_size=None if data.get("tile_size") is None else int(data["tile_size"]),
+            inputs=tuple(str(n) for n in data.get("inputs", ())),
+        )
+
+
+@dataclass(frozen=True)
+class StageTimings:
+    """Seconds a job spent per stage of its successful run (None: not reached).
+
+    The names are the ``stage`` labels of ``hdr_job_stage_seconds`` (metrics.Stage).
+    """
+
+    queue_wait: float | None = None
+    """Accepted until a worker started it (the last start, for a re-delivered job)."""
+    decode: float | None = None
+    """Reading the uploads from the blob store and decoding them to pixels."""
+    inference: float | None = None
+    """Preprocessing, tiled engine calls and blending."""
+    encode: float | None = None
+    """Writing the float32 OpenEXR result."""
+    store: float | None = None
+    """Writing the result to the blob store."""
+
+    def as_dict(self) -> dict[str, float]:
+        """The stages reached, name -> seconds."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StageTimings:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: float(v) for k, v in data.items() if k in known})
 
 
 @dataclass
@@ -86,8 +155,8 @@ class JobRecord:
     started_at: float | None = None
     finished_at: float | None = None
     error: str | None = None
-    timings: dict[str, float] = field(default_factory=dict)
-    params: dict[str, Any] = field(default_factory=dict)
+    timings: StageTimings = field(default_factory=StageTimings)
+    params: JobParams | None = None
 
     def to_redis(self) -> dict[str, str]:
         """The hash mapping to HSET; ``None`` fields are left out."""
@@ -96,8 +165,10 @@ class JobRecord:
             value = getattr(self, f.name)
             if value is None:
                 continue
-            if f.name in _JSON_FIELDS:
-                out[f.name] = json.dumps(value, separators=(",", ":"), sort_keys=True)
+            if isinstance(value, JobParams):
+                out[f.name] = value.to_json()
+            elif isinstance(value, StageTimings):
+                out[f.name] = json.dumps(value.as_dict(), separators=(",", ":"), sort_keys=True)
             elif isinstance(value, JobState):
                 out[f.name] = value.value
             elif f.name in _FLOAT_FIELDS:
@@ -124,8 +195,10 @@ class JobRecord:
                 kwargs[f.name] = int(raw)
             elif f.name in _FLOAT_FIELDS:
                 kwargs[f.name] = float(raw)
-            elif f.name in _JSON_FIELDS:
-                kwargs[f.name] = json.loads(raw)
+            elif f.name == "params":
+                kwargs[f.name] = JobParams.from_json(raw)
+            elif f.name == "timings":
+                kwargs[f.name] = StageTimings.from_dict(json.loads(raw))
             else:
                 kwargs[f.name] = raw
         return cls(**kwargs)

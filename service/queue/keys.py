@@ -6,14 +6,14 @@ hash tag (``{hdr}``) puts every key of a deployment in one Redis Cluster slot, w
 multi-key Lua scripts of the broker need there. Nothing else in the code base spells a
 key: a grep for ``":job:"`` should only ever find this file.
 
+Uploads and results are not here: they live in the blob store (:mod:`service.storage`).
+
 Layout (``p`` is the prefix)::
 
     p:stream:jobs              stream, one entry {job: <id>} per delivery-able job
     p:stream:dead              stream, dead-lettered jobs {job, reason, attempts, ...}
     p:queued                   zset job id -> when it (re)entered state ``queued``
     p:job:<id>                 hash, the JobRecord                          (TTL)
-    p:job:<id>:inputs          hash, field "0".."n-1" -> uploaded bytes     (TTL)
-    p:job:<id>:result          string, the encoded result                   (TTL)
     p:job:<id>:cancel          string, set when cancelling a running job    (TTL)
     p:idem:<sha256>            string, job id for (owner, Idempotency-Key)  (TTL)
     p:workers                  zset worker id -> heartbeat expiry (unix s)
@@ -54,14 +54,6 @@ class Keys:
     def job(self, job_id: str) -> str:
         """The job record hash."""
         return f"{self.prefix}:job:{job_id}"
-
-    def inputs(self, job_id: str) -> str:
-        """The hash of uploaded blobs of a job, one field per blob index."""
-        return f"{self.prefix}:job:{job_id}:inputs"
-
-    def result(self, job_id: str) -> str:
-        """The encoded result of a succeeded job."""
-        return f"{self.prefix}:job:{job_id}:result"
 
     def cancel(self, job_id: str) -> str:
         """The flag a running job's worker polls to learn it was cancelled."""

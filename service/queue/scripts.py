@@ -94,16 +94,19 @@ if idem then
   local existing = redis.call('GET', idem)
   if existing then return {'duplicate', existing} end
 end
--- Members older than the TTL belong to records that expired while queued.
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[2] - ttl)
-local depth = redis.call('ZCARD', KEYS[2])
+-- Members older than the TTL belong to records that expired while queued: not counted.
+local depth = redis.call('ZCOUNT', KEYS[2], now - ttl, '+inf')
 if depth >= max_len then return {'full', depth} end
 local mapping = {}
 for i = 7, #ARGV do mapping[#mapping + 1] = ARGV[i] end
+-- The first write: at maxmemory Redis refuses it (OOM), before anything has changed.
+-- (Once a script has written, Redis lets its later writes through, so no write, not
+-- even a trim, may come before this one.)
 redis.call('HSET', KEYS[1], unpack(mapping))
 -- The mapping before the record's TTL, so that the mapping never outlives the record.
 if idem then redis.call('SET', idem, job_id, 'NX', 'EX', ttl) end
 refresh(ttl, KEYS[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[2] - ttl)
 redis.call('ZADD', KEYS[2], ARGV[2], job_id)
 -- Entries older than the TTL belong to expired records too: trim them (exactly, since
 -- approximate trimming never cuts a short stream). A pending entry is older than its
@@ -119,7 +122,7 @@ local entry = redis.call('XADD', KEYS[3], 'MINID', min_id, '*', ARGV[5], job_id)
 return {'ok', entry}
 """)
 
-#: KEYS job, queued, stream, dead, cancel, inputs
+#: KEYS job, queued, stream, dead, cancel
 #: ARGV group, entry, job_id, max_attempts, now, consumer, min_dead_id, ttl
 #: -> {'deliver', attempts} | {'expired'|'final'|'cancelled'|'dead', attempts}
 DELIVER: Final = _lua("""
@@ -138,7 +141,7 @@ end
 if redis.call('EXISTS', KEYS[5]) == 1 then
   -- Cancelled while running, and that worker is gone: finish the cancel here.
   redis.call('HSET', KEYS[1], 'status', CANCELLED, 'finished_at', now)
-  redis.call('DEL', KEYS[5], KEYS[6])
+  redis.call('DEL', KEYS[5])
   redis.call('ZREM', KEYS[2], job_id)
   settle(KEYS[3], group, entry)
   refresh(ttl, KEYS[1])
@@ -159,11 +162,11 @@ if attempts > max_attempts then
   refresh(ttl, KEYS[1])
   return {'dead', done}
 end
-refresh(ttl, KEYS[1], KEYS[6])
+refresh(ttl, KEYS[1])
 return {'deliver', attempts}
 """)
 
-#: KEYS job, queued, stream, inputs
+#: KEYS job, queued, stream
 #: ARGV group, entry, job_id, worker, engine, now, ttl
 #: -> the record's HGETALL, or {} when the job must not run (final or expired; acked)
 START: Final = _lua("""
@@ -172,7 +175,7 @@ if ended(KEYS[1], KEYS[2], KEYS[3], group, entry, job_id) then return {} end
 redis.call('HSET', KEYS[1], 'status', RUNNING, 'started_at', ARGV[6], 'worker', ARGV[4],
   'engine', ARGV[5], 'tiles_done', 0)
 redis.call('ZREM', KEYS[2], job_id)
-refresh(ARGV[7], KEYS[1], KEYS[4])
+refresh(ARGV[7], KEYS[1])
 return redis.call('HGETALL', KEYS[1])
 """)
 
@@ -184,43 +187,42 @@ redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[3], 'JUSTID')
 return 1
 """)
 
-#: KEYS job, inputs; ARGV done, total, ttl -> 1 when recorded (job running), else 0
+#: KEYS job; ARGV done, total, ttl -> 1 when recorded (job running), else 0
 PROGRESS: Final = _lua("""
 if redis.call('HGET', KEYS[1], 'status') ~= RUNNING then return 0 end
 redis.call('HSET', KEYS[1], 'tiles_done', ARGV[1], 'tiles_total', ARGV[2])
-refresh(ARGV[3], KEYS[1], KEYS[2])
+refresh(ARGV[3], KEYS[1])
 return 1
 """)
 
-#: KEYS job, result, queued, stream, inputs, cancel, stats
-#: ARGV group, entry, job_id, result, ttl, now, timings_json, width, height
-#: -> 'stored' when this call stored the result, else the current status or 'expired'
+#: KEYS job, queued, stream, cancel, stats
+#: ARGV group, entry, job_id, now, timings_json, width, height, ttl
+#: -> 'stored' when this call finished the job (its result is in the blob store already),
+#:    else the current status or 'expired'
 COMPLETE: Final = _lua("""
-local group, entry, job_id, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[6])
-local over = ended(KEYS[1], KEYS[3], KEYS[4], group, entry, job_id)
+local group, entry, job_id, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local over = ended(KEYS[1], KEYS[2], KEYS[3], group, entry, job_id)
 if over then return over end
-redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[5])
-redis.call('HSET', KEYS[1], 'status', SUCCEEDED, 'finished_at', ARGV[6],
-  'timings', ARGV[7], 'width', ARGV[8], 'height', ARGV[9])
+redis.call('HSET', KEYS[1], 'status', SUCCEEDED, 'finished_at', ARGV[4],
+  'timings', ARGV[5], 'width', ARGV[6], 'height', ARGV[7])
 redis.call('HDEL', KEYS[1], 'error')
 local total = tonumber(redis.call('HGET', KEYS[1], 'tiles_total') or '0')
 if total > 0 then redis.call('HSET', KEYS[1], 'tiles_done', total) end
-redis.call('ZREM', KEYS[3], job_id)
--- The uploads are the largest keys of a job and no longer needed.
-redis.call('DEL', KEYS[5], KEYS[6])
+redis.call('ZREM', KEYS[2], job_id)
+redis.call('DEL', KEYS[4])
 local started = tonumber(redis.call('HGET', KEYS[1], 'started_at'))
 if started then
   local seconds = now - started
-  local ema = tonumber(redis.call('HGET', KEYS[7], '$stat_job_seconds'))
+  local ema = tonumber(redis.call('HGET', KEYS[5], '$stat_job_seconds'))
   if ema then seconds = (1 - $ema_weight) * ema + $ema_weight * seconds end
-  redis.call('HSET', KEYS[7], '$stat_job_seconds', tostring(seconds))
+  redis.call('HSET', KEYS[5], '$stat_job_seconds', tostring(seconds))
 end
-settle(KEYS[4], group, entry)
-refresh(ARGV[5], KEYS[1])
+settle(KEYS[3], group, entry)
+refresh(ARGV[8], KEYS[1])
 return 'stored'
 """)
 
-#: KEYS job, queued, stream, dead, cancel, inputs
+#: KEYS job, queued, stream, dead, cancel
 #: ARGV group, entry, job_id, reason, retry(0|1), max_attempts, now, consumer,
 #:      retry_idle_ms, min_dead_id, ttl
 #: -> 'queued' (will be re-delivered), 'failed', the current final status, or 'expired'
@@ -237,7 +239,7 @@ if retry and attempts < max_attempts then
   redis.call('ZADD', KEYS[2], now, job_id)
   -- Keep the entry pending but age it, so that XAUTOCLAIM hands it out after the delay.
   redis.call('XCLAIM', KEYS[3], group, ARGV[8], 0, entry, 'IDLE', ARGV[9], 'JUSTID')
-  refresh(ARGV[11], KEYS[1], KEYS[6])
+  refresh(ARGV[11], KEYS[1])
   return QUEUED
 end
 local message = reason
@@ -252,7 +254,7 @@ refresh(ARGV[11], KEYS[1])
 return FAILED
 """)
 
-#: KEYS job, queued, inputs, cancel; ARGV job_id, now, ttl
+#: KEYS job, queued, cancel; ARGV job_id, now, ttl
 #: -> the record's HGETALL after the call, or {} when unknown
 CANCEL: Final = _lua("""
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -261,33 +263,31 @@ if status == QUEUED then
   -- Its stream entry stays: the worker that receives it acks and skips it.
   redis.call('HSET', KEYS[1], 'status', CANCELLED, 'finished_at', ARGV[2])
   redis.call('ZREM', KEYS[2], ARGV[1])
-  redis.call('DEL', KEYS[3])
   refresh(ARGV[3], KEYS[1])
 elseif status == RUNNING then
-  redis.call('SET', KEYS[4], '1', 'EX', ARGV[3])
+  redis.call('SET', KEYS[3], '1', 'EX', ARGV[3])
   refresh(ARGV[3], KEYS[1])
 end
 return redis.call('HGETALL', KEYS[1])
 """)
 
-#: KEYS job, queued, stream, inputs, cancel; ARGV group, entry, job_id, now, ttl
+#: KEYS job, queued, stream, cancel; ARGV group, entry, job_id, now, ttl
 #: -> the record's HGETALL after the call, or {} when expired
 MARK_CANCELLED: Final = _lua("""
 local group, entry, job_id = ARGV[1], ARGV[2], ARGV[3]
 local status = redis.call('HGET', KEYS[1], 'status')
 if status and not FINAL[status] then
   redis.call('HSET', KEYS[1], 'status', CANCELLED, 'finished_at', ARGV[4])
-  redis.call('DEL', KEYS[4])
   refresh(ARGV[5], KEYS[1])
 end
-redis.call('DEL', KEYS[5])
+redis.call('DEL', KEYS[4])
 redis.call('ZREM', KEYS[2], job_id)
 settle(KEYS[3], group, entry)
 if not status then return {} end
 return redis.call('HGETALL', KEYS[1])
 """)
 
-#: KEYS job, queued, stream, inputs; ARGV group, entry, job_id, consumer, idle_ms, now, ttl
+#: KEYS job, queued, stream; ARGV group, entry, job_id, consumer, idle_ms, now, ttl
 #: -> 'queued' (handed back), the current final status, or 'expired'
 RELEASE: Final = _lua("""
 local group, entry, job_id = ARGV[1], ARGV[2], ARGV[3]
@@ -302,6 +302,6 @@ redis.call('HDEL', KEYS[1], 'started_at', 'worker', 'engine')
 redis.call('ZADD', KEYS[2], ARGV[6], job_id)
 -- Idle for the whole visibility timeout: the next receive of any worker takes it over.
 redis.call('XCLAIM', KEYS[3], group, ARGV[4], 0, entry, 'IDLE', ARGV[5], 'JUSTID')
-refresh(ARGV[7], KEYS[1], KEYS[4])
+refresh(ARGV[7], KEYS[1])
 return QUEUED
 """)

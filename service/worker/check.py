@@ -11,7 +11,7 @@ import json
 from redis.exceptions import RedisError
 
 from service.config import Settings
-from service.queue import open_broker
+from service.queue import Keys, connect
 
 
 async def check_worker(settings: Settings) -> tuple[bool, str]:
@@ -21,11 +21,16 @@ async def check_worker(settings: Settings) -> tuple[bool, str]:
     says ready only while the models are loaded and warm, the worker is not draining,
     and its job in hand (if any) still makes progress.
     """
-    async with open_broker(settings, client_name="hdr-worker-check") as broker:
-        try:
-            raw = await broker.redis.get(broker.keys.heartbeat(settings.worker_id))
-        except (RedisError, OSError) as exc:
-            return False, f"Redis unreachable: {exc}"
+    if not settings.redis_url:
+        return False, "HDR_REDIS_URL is not set"
+    # Redis only (no blob store): the probe reads one key.
+    redis = connect(settings.redis_url, client_name="hdr-worker-check")
+    try:
+        raw = await redis.get(Keys(settings.key_prefix).heartbeat(settings.worker_id))
+    except (RedisError, OSError) as exc:
+        return False, f"Redis unreachable: {exc}"
+    finally:
+        await redis.aclose()
     if raw is None:
         return False, f"worker {settings.worker_id}: no live heartbeat"
     beat = json.loads(raw)

@@ -7,13 +7,18 @@ Lifecycle
 2. **Load and warm up** every model of the repository that opens (in a thread, so the
    heartbeat goes on), then state ``ready``: only now does ``/readyz`` answer 200 and
    ``worker --check`` exit 0.
-3. **Jobs**, one at a time: receive (which also takes over jobs of dead workers) ->
-   start -> fetch and decode the uploads -> tiled inference in a thread -> encode a
-   float32 OpenEXR -> store the result and ack (``complete``). After every tile batch the
+3. **Jobs**, one at a time (the job's own state is an :class:`ActiveJob`): receive
+   (which also takes over jobs of dead workers) -> start -> read the uploads from the
+   blob store and decode them -> tiled inference in a thread -> encode a float32 OpenEXR
+   -> write it to the blob store -> mark the job succeeded and ack (``complete``). A
+   store fault or Redis refusing a write fails the attempt with that as the reason (the
+   job is retried up to ``max_attempts``), never as a lost worker. After every tile batch the
    inference thread reports to the event loop: progress on the record and a check for
    cancellation. Every heartbeat also ``touch``-es the job in hand, so a live worker
    keeps its job however slow a tile batch is; only a dead worker's job (or a hung one,
    without progress for ``job_stall_seconds``) is re-delivered.
+   Heartbeats (:mod:`service.worker.heartbeat`) and the blob sweeper
+   (:mod:`service.storage.lifecycle`) run beside the loop.
 4. **SIGTERM/SIGINT: drain.** Stop taking jobs; the job in hand may finish within
    ``drain_seconds``; after that it stops at its next tile batch and is handed back
    (``release``: re-delivered at once, no attempt spent). A second signal hands it back
@@ -37,14 +42,13 @@ import logging
 import os
 import signal
 import socket
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from enum import Enum
 from functools import partial
 from typing import Any, Final
 
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 
 from service.config import Settings
 from service.engines.pipeline import reconstruct
@@ -52,11 +56,16 @@ from service.engines.registry import ServedModel
 from service.engines.runtime import keep_freed_memory
 from service.errors import BadRequest, ServiceError
 from service.exposures import ExposureSet
-from service.imaging import decode, encode_exr
+from service.imaging import encode_exr
 from service.metrics import Outcome, Stage, WorkerMetrics, gpu_memory_collector
 from service.queue import Broker, Delivery, JobRecord, JobState, open_broker
+from service.queue.jobs import StageTimings
+from service.storage import StoreUnavailable, result_name
+from service.storage.lifecycle import sweep, sweep_interval
 from service.worker.faults import is_engine_fault
 from service.worker.health import HealthServer, build_health_app
+from service.worker.heartbeat import Heartbeat
+from service.worker.job import ActiveJob, Cancelled, HandedBack, JobStopped, Lost, read_exposures
 from service.worker.models import ModelNotServed, ModelSet, load_models, warm_up
 
 log = logging.getLogger(__name__)
@@ -86,22 +95,6 @@ class WorkerState(str, Enum):
     """The loop has ended."""
 
 
-class _JobStopped(Exception):
-    """Raised in the progress callback to end a job's inference between tile batches."""
-
-
-class _Cancelled(_JobStopped):
-    """The owner cancelled the job."""
-
-
-class _HandedBack(_JobStopped):
-    """The worker is shutting down and its drain time is over."""
-
-
-class _Lost(_JobStopped):
-    """Another worker has taken the job over (this one was presumed dead)."""
-
-
 class Worker:
     """One worker process's loop over the queue. Run it with ``await worker.run()``."""
 
@@ -128,17 +121,17 @@ class Worker:
         self._started_at = time.time()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = asyncio.Event()
-        self._handback = threading.Event()
-        self._lost = threading.Event()
-        self._drain_timer: asyncio.TimerHandle | None = None
-        self._redis_ok = False
-        self._job: Delivery | None = None
-        self._claimed: Delivery | None = None
-        """The job the heartbeat keeps claimed: set once started, cleared when settling."""
+        self._job: ActiveJob | None = None
+        """The job in hand (one at a time); its state lives and dies with it."""
         self._claim_lock = asyncio.Lock()
-        self._job_model: str | None = None
-        self._last_progress = time.monotonic()
-        self._tiles_reported = 0
+        self.heartbeat = Heartbeat(
+            broker,
+            settings,
+            self.metrics,
+            info=self._heartbeat_info,
+            after_beat=self._keep_job,
+            ready=lambda: self.not_ready_reason() is None,
+        )
 
     # ------------------------------------------------------------------ health
 
@@ -158,7 +151,7 @@ class Worker:
                 for name, why in (self._models.unavailable if self._models else {}).items()
             )
             return f"no model can serve here ({reasons or 'empty model repository'})"
-        if not self._redis_ok:
+        if not self.heartbeat.redis_ok:
             return "Redis (the job queue) is unreachable"
         stalled = self._stalled_seconds()
         if stalled is not None:
@@ -171,8 +164,7 @@ class Worker:
         """Seconds without progress of the job in hand, once past ``job_stall_seconds``."""
         if self._job is None:
             return None
-        idle = time.monotonic() - self._last_progress
-        return idle if idle > self.settings.job_stall_seconds else None
+        return self._job.stalled_seconds(self.settings.job_stall_seconds)
 
     def _heartbeat_info(self) -> dict[str, Any]:
         reason = self.not_ready_reason()
@@ -191,26 +183,6 @@ class Worker:
             "started_at": self._started_at,
         }
 
-    async def _beat(self) -> None:
-        """Write the heartbeat once; a Redis failure only marks the worker not ready."""
-        try:
-            await self.broker.heartbeat(
-                self.worker_id, self.settings.heartbeat_ttl_seconds, self._heartbeat_info()
-            )
-        except (RedisError, OSError) as exc:
-            if self._redis_ok:
-                log.warning("heartbeat failed, Redis unreachable: %s", exc)
-            self._redis_ok = False
-            self.metrics.heartbeat_errors.inc()
-        else:
-            if not self._redis_ok:
-                log.info("heartbeat written; Redis reachable")
-            self._redis_ok = True
-            self.metrics.heartbeats.inc()
-            self.metrics.last_heartbeat.set(time.time())
-            await self._keep_job()
-        self.metrics.ready.set(1 if self.not_ready_reason() is None else 0)
-
     async def _keep_job(self) -> None:
         """Keep the job in hand from being re-delivered while this worker lives.
 
@@ -220,21 +192,16 @@ class Worker:
         loses its job.
         """
         async with self._claim_lock:
-            delivery = self._claimed
-            if delivery is None or self._stalled_seconds() is not None:
+            job = self._job
+            if job is None or not job.claimed or self._stalled_seconds() is not None:
                 return
             try:
-                owned = await self.broker.touch(delivery)
+                owned = await self.broker.touch(job.delivery)
             except (RedisError, OSError) as exc:
-                log.warning("job %s: could not renew its claim (%s)", delivery.job_id, exc)
+                log.warning("job %s: could not renew its claim (%s)", job.job_id, exc)
                 return
-            if not owned and self._claimed is delivery:
-                self._lost.set()
-
-    async def _heartbeat_loop(self) -> None:
-        while True:
-            await self._beat()
-            await asyncio.sleep(self.settings.heartbeat_interval_seconds)
+            if not owned and job.claimed:
+                job.lost.set()
 
     @staticmethod
     async def _end_task(task: asyncio.Task[None]) -> None:
@@ -268,7 +235,8 @@ class Worker:
                 return
         if self._stopping.is_set():
             log.warning("second stop request: handing the job in hand back now")
-            self._handback.set()
+            if self._job is not None:
+                self._job.handback.set()
             return
         self._stopping.set()
         if self.state is not WorkerState.STOPPED:
@@ -279,8 +247,8 @@ class Worker:
                 self._job.job_id,
                 self.settings.drain_seconds,
             )
-            self._drain_timer = asyncio.get_running_loop().call_later(
-                self.settings.drain_seconds, self._handback.set
+            self._job.drain_timer = asyncio.get_running_loop().call_later(
+                self.settings.drain_seconds, self._job.handback.set
             )
         else:
             log.info("stopping: no job in hand")
@@ -289,7 +257,8 @@ class Worker:
         """Serve until :meth:`request_stop` or an engine fault; returns the exit status."""
         self._loop = asyncio.get_running_loop()
         health = await self._start_health()  # first, so the first heartbeat names its port
-        heartbeat = asyncio.create_task(self._heartbeat_loop())
+        heartbeat = asyncio.create_task(self.heartbeat.run())
+        sweeper = asyncio.create_task(self._sweep_loop())
         try:
             if self._models is None:
                 self._models = await asyncio.to_thread(load_models, self.settings)
@@ -298,7 +267,7 @@ class Worker:
             if not self._stopping.is_set():
                 await self._ensure_group()
                 self.state = WorkerState.READY
-                await self._beat()  # tell the API now, not at the next interval
+                await self.heartbeat.beat()  # tell the API now, not at the next interval
                 log.info(
                     "worker %s ready: serves %s (default %s)",
                     self.worker_id,
@@ -321,11 +290,9 @@ class Worker:
             self.exit_code = EXIT_ENGINE_FAULT
         finally:
             self.state = WorkerState.STOPPED
+            await self._end_task(sweeper)
             await self._end_task(heartbeat)
-            try:
-                await self.broker.retire(self.worker_id)
-            except (RedisError, OSError) as exc:
-                log.warning("could not remove the heartbeat: %s", exc)
+            await self.heartbeat.retire()
             if health is not None:
                 await health.stop()
         log.info("worker %s stopped (exit status %s)", self.worker_id, self.exit_code)
@@ -350,8 +317,26 @@ class Worker:
         self.health_port = server.port
         return server
 
+    async def _sweep_loop(self) -> None:
+        """Delete the blobs of expired jobs now and then (see service.storage.lifecycle).
+
+        Every worker sweeps; a failed sweep (store or Redis away) is logged and retried at
+        the next interval.
+        """
+        interval = sweep_interval(
+            self.settings.sweep_interval_seconds, self.settings.job_ttl_seconds
+        )
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await sweep(
+                    self.broker.store, self.broker.existing_jobs, self.settings.job_ttl_seconds
+                )
+            except (StoreUnavailable, RedisError, OSError) as exc:
+                log.warning("blob sweep failed (%s); next in %s s", exc, interval)
+
     async def _redis_retry(self, attempt: int, exc: BaseException) -> None:
-        self._redis_ok = False
+        self.heartbeat.redis_ok = False
         pause = REDIS_BACKOFF_SECONDS[min(attempt, len(REDIS_BACKOFF_SECONDS) - 1)]
         if attempt == 0:
             log.warning("Redis unreachable (%s); retrying", exc)
@@ -397,8 +382,8 @@ class Worker:
         then the job is re-delivered anyway, and holding on would only delay this worker.
         """
         async with self._claim_lock:
-            if self._claimed is delivery:
-                self._claimed = None
+            if self._job is not None and self._job.delivery is delivery:
+                self._job.claimed = False
         deadline = time.monotonic() + self.settings.visibility_timeout_seconds
         attempt = 0
         while True:
@@ -421,30 +406,24 @@ class Worker:
     async def _handle(self, delivery: Delivery) -> None:
         """Run one delivered job to its end, whatever happens, and count the outcome."""
         assert self._models is not None
-        self._job = delivery
-        self._handback.clear()
-        self._lost.clear()
-        self._tiles_reported = 0
-        self._last_progress = time.monotonic()
+        job = self._job = ActiveJob(delivery)
         try:
-            outcome = await self._attempt(delivery, self._models)
+            outcome = await self._attempt(job, self._models)
         except RedisError as exc:
             log.error(
                 "job %s: Redis failed mid-job (%s); it will be re-delivered", delivery.job_id, exc
             )
-            self._redis_ok = False
+            self.heartbeat.redis_ok = False
             return
         finally:
-            self._job = self._claimed = None
-            self._job_model = None
-            if self._drain_timer is not None:
-                self._drain_timer.cancel()
-                self._drain_timer = None
+            job.end()
+            self._job = None
         if outcome is not None:
             self.metrics.jobs.labels(outcome=outcome.value).inc()
 
-    async def _attempt(self, delivery: Delivery, models: ModelSet) -> Outcome | None:
+    async def _attempt(self, job: ActiveJob, models: ModelSet) -> Outcome | None:
         """One attempt; returns its outcome (None: the job did not start here)."""
+        delivery = job.delivery
         job_id = delivery.job_id
         record = await self.broker.get(job_id)
         try:
@@ -456,8 +435,8 @@ class Worker:
         started = await self.broker.start(delivery, self.worker_id, model.engine.backend)
         if started is None:
             return None
-        self._claimed = delivery
-        self._job_model = name
+        job.claimed = True
+        job.model = name
         log.info(
             "job %s: attempt %s on %s (%sx%s)",
             job_id,
@@ -467,17 +446,31 @@ class Worker:
             started.height,
         )
         try:
-            return await self._run(delivery, started, name, model)
-        except _Cancelled:
+            return await self._run(job, started, name, model)
+        except Cancelled:
             await self._settle(partial(self.broker.mark_cancelled, delivery), delivery)
             log.info("job %s cancelled between tile batches", job_id)
             return Outcome.CANCELLED
-        except _HandedBack:
+        except HandedBack:
             await self._settle(partial(self.broker.release, delivery), delivery)
             return Outcome.HANDED_BACK
-        except _Lost:
+        except Lost:
             log.warning("job %s was taken over by another worker; dropping it", job_id)
             return Outcome.LOST
+        except (StoreUnavailable, OutOfMemoryError) as exc:
+            # The store, or Redis refusing a write (maxmemory), failed this attempt: the
+            # job is retried (per max_attempts) with that as its reason; a server that
+            # answered is not a lost worker.
+            reason = (
+                exc.message
+                if isinstance(exc, StoreUnavailable)
+                else f"Redis refused a write: {exc}"
+            )
+            log.warning("job %s: %s", job_id, reason)
+            state = await self._settle(
+                partial(self.broker.fail, delivery, reason, retry=True), delivery
+            )
+            return Outcome.RETRIED if state is JobState.QUEUED else Outcome.FAILED
         except RedisError:
             raise
         except Exception as exc:
@@ -501,24 +494,28 @@ class Worker:
             return Outcome.RETRIED if state is JobState.QUEUED else Outcome.FAILED
 
     async def _run(
-        self, delivery: Delivery, record: JobRecord, name: str, model: ServedModel
+        self, job: ActiveJob, record: JobRecord, name: str, model: ServedModel
     ) -> Outcome:
         """Decode, infer, encode, store: the happy path of :meth:`_attempt`."""
         params = record.params
-        timings: dict[str, float] = {}
+        if params is None:
+            raise BadRequest(f"job {record.id} has no parameters")
+        queue_wait = None
         if record.started_at is not None:
-            timings[Stage.QUEUE_WAIT.value] = max(0.0, record.started_at - record.created_at)
+            queue_wait = max(0.0, record.started_at - record.created_at)
 
         began = time.perf_counter()
-        blobs = await self.broker.get_blobs(record.id)
-        exposures = await asyncio.to_thread(_decode, blobs, params, self.settings.max_pixels)
-        timings[Stage.DECODE.value] = time.perf_counter() - began
+        exposures = await asyncio.to_thread(
+            read_exposures, self.broker.store, record.id, params, self.settings.max_pixels
+        )
+        decode_seconds = time.perf_counter() - began
 
         try:
-            plan = model.plan(exposures.height, exposures.width, params.get("tile_size"))
+            plan = model.plan(exposures.height, exposures.width, params.tile_size)
         except ValueError as exc:
             raise BadRequest(f"tile_size: {exc}") from exc
-        stop = await self._report(delivery, 0, len(plan))
+        delivery = job.delivery
+        stop = await self._report(job, 0, len(plan))
         if stop is not None:
             raise stop
 
@@ -529,47 +526,60 @@ class Worker:
             exposures,
             plan,
             model.tile_batch,
-            self._progress_bridge(delivery),
+            self._progress_bridge(job),
         )
         inference = time.perf_counter() - began
-        timings[Stage.INFERENCE.value] = inference
 
         began = time.perf_counter()
         result = await asyncio.to_thread(encode_exr, hdr, "float32")
-        timings[Stage.ENCODE.value] = time.perf_counter() - began
+        del hdr
+        encode_seconds = time.perf_counter() - began
 
+        # The result goes to the store before the record says succeeded: a job never
+        # succeeds without its result. A store fault here fails this attempt with the
+        # store's message (StoreUnavailable, see _attempt); the job is retried.
+        began = time.perf_counter()
+        await asyncio.to_thread(self.broker.store.put, result_name(record.id), result)
+        del result
+        timings = StageTimings(
+            queue_wait=queue_wait,
+            decode=decode_seconds,
+            inference=inference,
+            encode=encode_seconds,
+            store=time.perf_counter() - began,
+        )
         began = time.perf_counter()
         stored = await self._settle(
-            partial(
-                self.broker.complete, delivery, result, timings, exposures.width, exposures.height
-            ),
+            partial(self.broker.complete, delivery, timings, exposures.width, exposures.height),
             delivery,
         )
         store = time.perf_counter() - began
         if not stored:
             log.info("job %s: result not stored (finished elsewhere or cancelled)", record.id)
             return Outcome.LOST
-        self._observe(name, record, exposures, len(plan), timings, store, inference)
+        self._observe(job, name, record, exposures, len(plan), timings, store, inference)
         return Outcome.SUCCEEDED
 
     def _observe(
         self,
+        job: ActiveJob,
         name: str,
         record: JobRecord,
         exposures: ExposureSet,
         tiles: int,
-        timings: dict[str, float],
+        timings: StageTimings,
         store: float,
         inference: float,
     ) -> None:
-        for stage, seconds in timings.items():
+        stages = timings.as_dict()
+        stages[Stage.STORE.value] = stages.get(Stage.STORE.value, 0.0) + store
+        for stage, seconds in stages.items():
             self.metrics.stage_seconds.labels(stage=stage).observe(seconds)
-        self.metrics.stage_seconds.labels(stage=Stage.STORE.value).observe(store)
         self.metrics.job_seconds.observe(max(0.0, time.time() - record.created_at))
         pixels = exposures.width * exposures.height
         self.metrics.pixels.labels(model=name).inc(pixels)
-        self.metrics.tiles.labels(model=name).inc(max(0, tiles - self._tiles_reported))
-        self._tiles_reported = tiles
+        self.metrics.tiles.labels(model=name).inc(max(0, tiles - job.tiles_reported))
+        job.tiles_reported = tiles
         if inference > 0:
             self.metrics.throughput.labels(model=name).set(pixels / inference)
         log.info(
@@ -578,27 +588,27 @@ class Worker:
             exposures.width,
             exposures.height,
             tiles,
-            ", ".join(f"{k} {v:.3f} s" for k, v in timings.items()),
+            ", ".join(f"{k} {v:.3f} s" for k, v in stages.items()),
         )
 
     # ------------------------------------------------------------------ progress
 
-    async def _report(self, delivery: Delivery, done: int, total: int) -> _JobStopped | None:
+    async def _report(self, job: ActiveJob, done: int, total: int) -> JobStopped | None:
         """Record progress, keep the job ours, and say whether it must stop."""
-        self._last_progress = time.monotonic()
-        if self._job_model is not None and done > self._tiles_reported:
-            self.metrics.tiles.labels(model=self._job_model).inc(done - self._tiles_reported)
-            self._tiles_reported = done
-        await self.broker.progress(delivery.job_id, done, total)
-        if self._lost.is_set() or not await self.broker.touch(delivery):
-            return _Lost()
-        if await self.broker.is_cancel_requested(delivery.job_id):
-            return _Cancelled()
-        if self._handback.is_set():
-            return _HandedBack()
+        job.last_progress = time.monotonic()
+        if job.model is not None and done > job.tiles_reported:
+            self.metrics.tiles.labels(model=job.model).inc(done - job.tiles_reported)
+            job.tiles_reported = done
+        await self.broker.progress(job.job_id, done, total)
+        if job.lost.is_set() or not await self.broker.touch(job.delivery):
+            return Lost()
+        if await self.broker.is_cancel_requested(job.job_id):
+            return Cancelled()
+        if job.handback.is_set():
+            return HandedBack()
         return None
 
-    def _progress_bridge(self, delivery: Delivery) -> Callable[[int, int], None]:
+    def _progress_bridge(self, job: ActiveJob) -> Callable[[int, int], None]:
         """The ``on_progress`` of :func:`reconstruct`: runs in the inference thread.
 
         It hands each report to the event loop and waits for the verdict; raising here
@@ -608,31 +618,24 @@ class Worker:
         loop = asyncio.get_running_loop()
 
         def on_progress(done: int, total: int) -> None:
-            if self._lost.is_set():
-                raise _Lost()
-            if self._handback.is_set():
-                raise _HandedBack()
-            future = asyncio.run_coroutine_threadsafe(self._report(delivery, done, total), loop)
+            if job.lost.is_set():
+                raise Lost()
+            if job.handback.is_set():
+                raise HandedBack()
+            future = asyncio.run_coroutine_threadsafe(self._report(job, done, total), loop)
             try:
                 verdict = future.result(timeout=PROGRESS_REPORT_TIMEOUT_SECONDS)
+            except OutOfMemoryError:
+                raise  # Redis refuses writes (maxmemory): the result could not be recorded
+
             except (RedisError, OSError, concurrent.futures.TimeoutError) as exc:
                 future.cancel()
-                log.warning("job %s: progress not recorded (%s)", delivery.job_id, exc)
+                log.warning("job %s: progress not recorded (%s)", job.job_id, exc)
                 return
             if verdict is not None:
                 raise verdict
 
         return on_progress
-
-
-def _decode(blobs: list[bytes], params: dict[str, Any], max_pixels: int) -> ExposureSet:
-    """The job's uploads as an exposure set (short to long, as the API sorted them)."""
-    names = [
-        str(n) for n in params.get("names") or [f"exposure {i + 1}" for i in range(len(blobs))]
-    ]
-    evs = [float(v) for v in params["exposure_values"]]
-    images = [decode(blob, name, max_pixels) for blob, name in zip(blobs, names, strict=True)]
-    return ExposureSet.from_images(images, evs, names)
 
 
 # ---------------------------------------------------------------------- process entry points

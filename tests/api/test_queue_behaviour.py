@@ -3,11 +3,8 @@ readiness that follows Redis down and back up."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -17,7 +14,7 @@ from service.config import Settings
 from service.worker.models import ModelSet
 from tests.factories import bracket_uploads, exposure_files
 from tests.worker.engines import ReferenceEngine, served
-from tests.worker.harness import api_server, free_port, wait_for, worker_thread
+from tests.worker.harness import api_server, free_port, redis_server, wait_for, worker_thread
 
 
 def submit(client: httpx.Client, key: str | None = None, seed: int = 0) -> httpx.Response:
@@ -88,30 +85,11 @@ def test_result_is_404_after_its_ttl(service_settings: Settings) -> None:
     assert response.status_code == 404
 
 
-@contextmanager
-def redis_server(port: int, workdir: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A throw-away redis-server on ``port`` (no persistence)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("no redis-server on PATH")
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        cwd=workdir,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        yield process
-    finally:
-        process.terminate()
-        process.wait(10)
-
-
 def test_readiness_follows_redis_down_and_back(service_settings: Settings, tmp_path: Path) -> None:
     port = free_port()
     own = service_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{port}/0"})
     with api_server(own) as url, httpx.Client(base_url=url, timeout=30) as client:
-        with redis_server(port, tmp_path):
+        with redis_server(tmp_path, port=port):
             wait_for(lambda: client.get("/readyz").status_code == 200, 10, "readiness")
             assert client.get("/v2/health/ready").status_code == 200
 
@@ -127,6 +105,6 @@ def test_readiness_follows_redis_down_and_back(service_settings: Settings, tmp_p
         metrics = client.get("/metrics")
         assert metrics.status_code == 200 and "hdr_redis_up 0.0" in metrics.text
 
-        with redis_server(port, tmp_path):
+        with redis_server(tmp_path, port=port):
             wait_for(lambda: client.get("/readyz").status_code == 200, 10, "readiness again")
             assert submit(client).status_code == 202

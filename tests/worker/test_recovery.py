@@ -24,8 +24,9 @@ from service.config import Settings
 from service.engines.tiling import TilePlan
 from service.imaging import decode_exr
 from service.queue import Broker, JobState
+from service.storage import job_prefix, result_name
 from service.worker.runner import EXIT_ENGINE_FAULT, EXIT_OK
-from tests.factories import REPO, bracket_uploads, write_model_repo
+from tests.factories import REPO, bracket_uploads, job_params, write_model_repo
 from tests.worker import engines
 from tests.worker.harness import api_server, until, worker_env, worker_process
 
@@ -33,10 +34,7 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 
 async def submit(broker: Broker, uploads: list[tuple[str, bytes]], **params: Any) -> str:
-    record = await broker.submit(
-        {"exposure_values": [-2.0, 0.0, 2.0], "names": [n for n, _ in uploads], **params},
-        [data for _, data in uploads],
-    )
+    record = await broker.submit(job_params(uploads, **params), [data for _, data in uploads])
     return record.id
 
 
@@ -85,8 +83,9 @@ async def test_job_of_a_worker_killed_mid_job_completes_on_another_exactly_once(
     assert record.status is JobState.SUCCEEDED, record
     assert record.worker == survivor and record.attempts == 2
     assert record.tiles_done == record.tiles_total == 12
-    result = await broker.get_result(job_id)
-    assert result is not None and decode_exr(result).shape == (128, 192, 3)
+    assert decode_exr(broker.store.read(result_name(job_id))).shape == (128, 192, 3)
+    # Exactly one result, and the uploads went once it was stored.
+    assert [b.name for b in broker.store.list(job_prefix(job_id))] == [result_name(job_id)]
     assert 'hdr_jobs_total{outcome="succeeded"} 1.0' in metrics
     # Nothing left behind: no pending entry, nothing queued, nothing dead-lettered.
     assert await broker.running_count() == 0

@@ -2,13 +2,15 @@
 
 ``/healthz`` and ``/v2/health/live`` (the KServe v2 / Triton path) answer 200 while the
 process runs: they touch nothing, so a slow Redis never gets the API restarted.
-``/readyz`` and ``/v2/health/ready`` answer 200 only while Redis answers a PING: an API
-that cannot queue should leave the load balancer's rotation. Workers are not required:
+``/readyz`` and ``/v2/health/ready`` answer 200 only while Redis answers a PING and the
+blob store is reachable and writable: an API that cannot queue should leave the load
+balancer's rotation. Workers are not required:
 jobs wait in the queue until one starts. None of these needs an API key.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Final
 
 from fastapi import APIRouter, Response
@@ -17,6 +19,7 @@ from service.api.deps import BrokerDep, MetricsDep
 from service.api.errors import NotReady
 from service.api.schemas import HealthPublic, error_responses
 from service.metrics import exposition
+from service.storage import StoreUnavailable
 
 router = APIRouter(tags=["health"])
 
@@ -32,10 +35,17 @@ async def _live() -> HealthPublic:
 async def _ready(broker: BrokerDep) -> HealthPublic:
     if not await broker.ping(READY_TIMEOUT_SECONDS):
         raise NotReady("Redis (the job queue) does not answer")
+    try:
+        await asyncio.wait_for(asyncio.to_thread(broker.store.check), READY_TIMEOUT_SECONDS)
+    except StoreUnavailable as exc:
+        raise NotReady(exc.message) from exc
+    except TimeoutError:
+        raise NotReady(f"the blob store {broker.store.url} does not answer") from None
     workers = await broker.live_workers()
     ready = sum(1 for beat in workers if beat.get("ready"))
     return HealthPublic(
-        status="ready", checks={"redis": "ok", "workers": len(workers), "workers_ready": ready}
+        status="ready",
+        checks={"redis": "ok", "store": "ok", "workers": len(workers), "workers_ready": ready},
     )
 
 

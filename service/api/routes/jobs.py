@@ -1,7 +1,10 @@
 """Jobs: submit an exposure set, follow it, download its result, cancel it; or all at once.
 
-The result is stored once, as lossless float32 OpenEXR; other formats and the float16
-EXR are converted from it on request (in a thread: encoding is CPU work).
+The worker stores the result once in the blob store, as lossless float32 OpenEXR. Another
+format (PNG preview, Radiance ``.hdr``, float16 EXR) is converted from it on its first
+download (in a thread: encoding is CPU work) and kept beside it, so it is made once per
+job. A download streams the blob from the store; where the store can presign URLs (S3)
+it answers 307 to a short-lived URL instead, unless the client asks ``redirect=false``.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import time
 from typing import Annotated, Final
 
 from fastapi import APIRouter, Depends, Form, Header, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
 
 from service.api.catalog import load_catalog
 from service.api.deps import (
@@ -31,6 +34,7 @@ from service.errors import JobNotFinished, JobNotFound, ServiceError
 from service.imaging import MEDIA_TYPES, ExrDtype, ResultFormat, decode_exr, encode_result
 from service.metrics import ApiMetrics
 from service.queue import Broker, JobRecord, JobState
+from service.storage import BlobNotFound, BlobStore, result_name
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +73,14 @@ IdempotencyKey = Annotated[
         " the job the first request created instead of queuing another.",
     ),
 ]
+RedirectQuery = Annotated[
+    bool,
+    Query(
+        description="Where the blob store can presign URLs (S3), the answer is 307 to a"
+        " short-lived URL of the file; false streams it through the API instead. A file"
+        " store always streams.",
+    ),
+]
 JobForm = Annotated[JobCreate, Form(media_type="multipart/form-data")]
 
 
@@ -78,6 +90,7 @@ def _public(request: Request, record: JobRecord) -> JobPublic:
 
 
 async def _submit(
+    request: Request,
     form: JobCreate,
     idempotency_key: str | None,
     owner: str | None,
@@ -87,7 +100,7 @@ async def _submit(
 ) -> JobRecord:
     """Validate everything, then queue; every refusal is counted by its error code."""
     try:
-        submission = await read_submission(form, settings)
+        submission = await read_submission(form, settings, request.app.state.probe_slots)
         catalog = await load_catalog(broker, settings)
         model = catalog.resolve(form.model)
         tile_size = check_tile_size(
@@ -95,7 +108,7 @@ async def _submit(
         )
         record = await broker.submit(
             submission.params(tile_size),
-            submission.blobs,
+            submission.files,
             owner=owner,
             idempotency_key=idempotency_key,
             model=model,
@@ -122,25 +135,47 @@ async def _submit(
     return record
 
 
-async def _result_body(data: bytes, fmt: ResultFormat, dtype: ExrDtype) -> bytes:
-    """The stored float32 EXR as asked: as is, or converted in a thread."""
-    if fmt is ResultFormat.EXR and dtype == "float32":
-        return data
-    return await asyncio.to_thread(lambda: encode_result(decode_exr(data), fmt, dtype))
+def _variant(fmt: ResultFormat, dtype: ExrDtype) -> str:
+    """The blob variant of a format: ``exr-float32`` (the stored one), ``exr-float16``,
+    ``hdr`` or ``png``."""
+    return f"exr-{dtype}" if fmt is ResultFormat.EXR else fmt.value
+
+
+def _converted(store: BlobStore, job_id: str, fmt: ResultFormat, dtype: ExrDtype) -> str:
+    """The name of the result in the asked format, converting and storing it the first
+    time (two concurrent first downloads may both convert: the writes are atomic)."""
+    name = result_name(job_id, _variant(fmt, dtype))
+    if store.exists(name):
+        return name
+    data = store.read(result_name(job_id))
+    store.put(name, encode_result(decode_exr(data), fmt, dtype))
+    return name
 
 
 async def _result_response(
-    broker: Broker, record: JobRecord, fmt: ResultFormat, dtype: ExrDtype
+    broker: Broker,
+    settings: Settings,
+    record: JobRecord,
+    fmt: ResultFormat,
+    dtype: ExrDtype,
+    redirect: bool = True,
 ) -> Response:
     if record.status is JobState.SUCCEEDED:
-        data = await broker.get_result(record.id)
-        if data is None:
-            raise JobNotFound(f"the result of job {record.id} has expired")
-        body = await _result_body(data, fmt, dtype)
-        return Response(
-            body,
+        store = broker.store
+        try:
+            name = await asyncio.to_thread(_converted, store, record.id, fmt, dtype)
+            url = store.presign(name, settings.presign_seconds) if redirect else None
+            chunks = None if url else await asyncio.to_thread(store.iter_chunks, name)
+        except BlobNotFound:
+            raise JobNotFound(f"the result of job {record.id} has expired") from None
+        filename = f"{record.id}.{fmt.value}"
+        if url is not None:
+            return RedirectResponse(url, status_code=307)
+        assert chunks is not None
+        return StreamingResponse(
+            chunks,  # a sync iterator: Starlette reads it in a worker thread
             media_type=MEDIA_TYPES[fmt],
-            headers={"Content-Disposition": f'attachment; filename="{record.id}.{fmt.value}"'},
+            headers={"Content-Disposition": f'attachment; filename="{filename}"'},
         )
     if record.status.is_final:
         reason = f": {record.error}" if record.error else ""
@@ -174,7 +209,7 @@ async def create_job(
     Every check (count, format, sizes, exposure metadata, model) runs before anything is
     queued, so a 202 means the job will reach the model.
     """
-    record = await _submit(form, idempotency_key, owner, broker, settings, metrics)
+    record = await _submit(request, form, idempotency_key, owner, broker, settings, metrics)
     job = _public(request, record)
     response.headers["Location"] = job.status_url
     return job
@@ -198,17 +233,24 @@ async def get_job(request: Request, record: VisibleJobDep) -> JobPublic:
     response_class=Response,
     responses={
         200: {"content": RESULT_CONTENT, "description": "The linear HDR image."},
+        307: {"description": "Download it from the presigned URL in `Location` (S3 store)."},
         **error_responses(400, 401, 403, 404, 409, 503),
     },
 )
 async def get_result(
     broker: BrokerDep,
+    settings: SettingsDep,
     record: VisibleJobDep,
     fmt: FormatQuery = ResultFormat.EXR,
     dtype: DtypeQuery = "float32",
+    redirect: RedirectQuery = True,
 ) -> Response:
-    """The result of a succeeded job; 409 while it is queued or running, or if it failed."""
-    return await _result_response(broker, record, fmt, dtype)
+    """The result of a succeeded job; 409 while it is queued or running, or if it failed.
+
+    Streamed from the blob store, or a 307 to a presigned URL where the store has them
+    (S3) and ``redirect`` is not false.
+    """
+    return await _result_response(broker, settings, record, fmt, dtype, redirect)
 
 
 @router.delete(
@@ -261,7 +303,7 @@ async def reconstruct(
 
     When the job takes longer the answer is 202 with the job, as ``POST /v1/jobs`` gives.
     """
-    record = await _submit(form, idempotency_key, owner, broker, settings, metrics)
+    record = await _submit(request, form, idempotency_key, owner, broker, settings, metrics)
     location = _public(request, record).status_url
     deadline = time.monotonic() + settings.sync_wait_seconds
     pause = SYNC_POLL_FIRST_SECONDS
@@ -278,6 +320,6 @@ async def reconstruct(
         current = await broker.get(record.id)
     if current is None:
         raise JobNotFound(f"job {record.id} expired before it finished")
-    response = await _result_response(broker, current, fmt, dtype)
+    response = await _result_response(broker, settings, current, fmt, dtype, redirect=False)
     response.headers["Location"] = location
     return response
