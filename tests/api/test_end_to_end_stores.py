@@ -23,12 +23,13 @@ import redis
 from service.config import Settings
 from service.imaging import decode_exr
 from service.storage import input_name, open_store, result_name
-from tests.factories import GOLDEN_SEED0, REPO, exposure_files, free_port, golden_uploads
+from tests.factories import REPO, exposure_files, free_port, golden_output, golden_uploads
 from tests.worker.harness import wait_for, worker_env, worker_process
 
 pytestmark = pytest.mark.slow
 
-EXPECTED = np.load(GOLDEN_SEED0 / "model_output.npy")[0].transpose(1, 2, 0)
+#: The API shifts EVs to the shortest exposure: -2,0,2 runs as 0,2,4 (README, One EV convention).
+EXPECTED = golden_output((0.0, 2.0, 4.0))
 
 
 @pytest.fixture(params=["file", "s3"])

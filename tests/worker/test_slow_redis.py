@@ -16,8 +16,9 @@ import pytest
 
 from service.config import Settings
 from service.queue import JobState, open_broker
+from service.storage import result_name
 from service.worker.models import ModelSet
-from tests.factories import bracket_uploads
+from tests.factories import bracket_uploads, job_params
 from tests.worker.engines import ReferenceEngine, served
 from tests.worker.harness import redis_server, until, worker_thread
 
@@ -40,12 +41,8 @@ async def test_worker_keeps_its_job_through_a_redis_stall_longer_than_the_visibi
             await broker.ensure_group()
             uploads = bracket_uploads(48, 64)
             submitted = await broker.submit(
-                {
-                    "exposure_values": [0.0, 2.0, 4.0],
-                    "names": [name for name, _ in uploads],
-                    "tile_size": 40,  # 2 tiles, a second each
-                },
-                [data for _, data in uploads],
+                job_params(uploads, exposure_values=(0.0, 2.0, 4.0), tile_size=40),
+                [data for _, data in uploads],  # tile 40: 2 tiles, a second each
                 width=64,
                 height=48,
             )
@@ -59,4 +56,4 @@ async def test_worker_keeps_its_job_through_a_redis_stall_longer_than_the_visibi
                 record = await until(broker, submitted.id, lambda r: r.status.is_final, 60)
             assert record.status is JobState.SUCCEEDED, record
             assert record.attempts == 1 and record.worker == settings.worker_id
-            assert await broker.get_result(submitted.id) is not None
+            assert broker.store.exists(result_name(submitted.id))
