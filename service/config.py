@@ -123,8 +123,9 @@ class Settings(BaseSettings):
         pattern=rf"^[A-Za-z0-9_.:-]{{0,{MAX_WORKER_ID_LENGTH}}}$",
         description="This worker's name: its consumer name in the group, its heartbeat key,"
         " what `worker --check` looks up. Default: the host name (one worker per pod or"
-        " host); set it per GPU when one host runs several workers. `serve` appends"
-        " `-serve<pid>` for its worker, unique per `serve` process.",
+        " host); set it per GPU when one host runs several workers. A worker refuses"
+        " (exit 2) the name of a live one; a dead one's heartbeat delays it until it"
+        " expires. `serve` appends `-serve<pid>` for its worker.",
     )
     heartbeat_interval_seconds: float = Field(
         2.0, gt=0, description="How often a worker renews its heartbeat key."
