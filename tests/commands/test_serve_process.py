@@ -113,11 +113,15 @@ def _serve(repo: Path, data: Path, log: Path) -> Iterator[subprocess.Popen]:
             serve.wait()
 
 
-def _redis_of(log: Path) -> redis.Redis:
-    """A client on the embedded Redis that the serve writing ``log`` announced."""
+def _socket_of(log: Path) -> Path:
+    """The socket of the embedded Redis that the serve writing ``log`` announced."""
     found = re.search(r"embedded Redis \S+ on (\S+) ", log.read_text())
     assert found, log.read_text()
-    return redis.Redis(unix_socket_path=found.group(1), decode_responses=True)
+    return Path(found.group(1))
+
+
+def _redis_of(log: Path) -> redis.Redis:
+    return redis.Redis(unix_socket_path=str(_socket_of(log)), decode_responses=True)
 
 
 def _live_workers(client: redis.Redis) -> list[dict]:
@@ -157,6 +161,7 @@ def test_killed_serve_leaves_no_process_and_a_restart_keeps_the_data(tmp_path: P
     with _serve(repo, data, second_log) as serve:
         db = _redis_of(second_log)
         assert db.get("test-orphans:kept") == "yes"
+        assert not _socket_of(first_log).parent.exists(), "the crashed serve's folder is gone"
         assert db.config_get("appendonly")["appendonly"] == "yes"
 
         def own_worker() -> dict | None:
