@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -154,8 +153,11 @@ def _exclusive(directory: Path) -> Iterator[None]:
     """Hold the directory's lock for the block: two servers on one database corrupt it.
 
     An advisory ``flock``, which the kernel releases when its holder dies however it
-    dies, so a crashed ``serve`` never leaves the directory locked.
+    dies, so a crashed ``serve`` never leaves the directory locked. (Imported here: the
+    CLI imports every command, and fcntl is POSIX-only.)
     """
+    import fcntl
+
     with (directory / LOCK_FILE).open("a") as lock:
         try:
             fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

