@@ -16,9 +16,9 @@ children are started through :mod:`service.lifeline`, so on Linux the kernel kil
 worker (its job is re-delivered after the visibility timeout, as for any crashed worker)
 and sends Redis SIGTERM (it writes its data and exits). Where that is unavailable, the
 next ``serve`` on the same HDR_EMBEDDED_REDIS_DIR finds the Redis left behind and stops
-it (it saves first) before starting its own. Each worker ``serve`` starts is named after
-the host and this process, so two ``serve`` processes, or a restarted one while its old
-worker lingers, never share a consumer name.
+it (it saves first) before starting its own. The worker is named HDR_WORKER_ID (the host
+name by default) plus this process's pid, so the workers of two ``serve`` processes, or a
+restarted one's and a stray one's, never share a consumer name.
 """
 
 from __future__ import annotations

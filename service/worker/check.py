@@ -1,4 +1,5 @@
-"""``hdr-service worker --check``: the exec probe, answered from the worker's heartbeat.
+"""``hdr-service worker --check``: the exec probe, answered from the worker's heartbeat;
+and the look at the heartbeats a worker takes before it starts (is its name free?).
 
 Kept apart from the worker loop so that it imports neither torch nor any engine: a
 Kubernetes exec probe runs it every few seconds, and should cost milliseconds.
