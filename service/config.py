@@ -20,6 +20,8 @@ DEFAULT_TILE_OVERLAP = 32
 DEFAULT_TILE_BATCH = 2
 #: Shortest API key accepted in HDR_API_KEYS.
 MIN_API_KEY_LENGTH = 16
+#: Longest accepted HDR_WORKER_ID (a consumer name and part of a Redis key).
+MAX_WORKER_ID_LENGTH = 128
 
 
 class Settings(BaseSettings):
@@ -171,10 +173,12 @@ class Settings(BaseSettings):
     # --- worker --------------------------------------------------------------------------
     worker_id: str = Field(
         "",
-        pattern=r"^[A-Za-z0-9_.:-]{0,128}$",
+        pattern=rf"^[A-Za-z0-9_.:-]{{0,{MAX_WORKER_ID_LENGTH}}}$",
         description="This worker's name: its consumer name in the group, its heartbeat key,"
         " what `worker --check` looks up. Default: the host name (one worker per pod or"
-        " host); set it per GPU when one host runs several workers.",
+        " host); set it per GPU when one host runs several workers. A worker refuses"
+        " (exit 2) the name of a live one; a dead one's heartbeat delays it until it"
+        " expires. `serve` appends `-serve<pid>` for its worker.",
     )
     heartbeat_interval_seconds: float = Field(
         2.0, gt=0, description="How often a worker renews its heartbeat key."
@@ -214,8 +218,9 @@ class Settings(BaseSettings):
     embedded_redis_dir: Path | None = Field(
         None,
         description="Where `serve` keeps its embedded Redis (no HDR_REDIS_URL): the"
-        " database persists there across restarts; unset, a temporary directory is used"
-        " and jobs are lost when `serve` stops.",
+        " database persists there across restarts and crashes (append-only file synced"
+        " every second, plus snapshots); one `serve` at a time may use it. Unset, a"
+        " temporary directory is used and jobs are lost when `serve` stops.",
     )
 
     @field_validator("api_keys", mode="before")

@@ -37,6 +37,15 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(line)
         return CHECK_OK if ok else CHECK_FAILED
     require_storage_url(settings)
+    from service.worker.check import live_namesake
+
+    namesake = asyncio.run(live_namesake(settings))
+    if namesake is not None:
+        raise ValueError(
+            f"a live worker is already named {settings.worker_id!r} (host"
+            f" {namesake.get('host')}, pid {namesake.get('pid')}); give each worker its own"
+            " name with HDR_WORKER_ID or --id"
+        )
     from service.worker.runner import serve_worker
 
     return asyncio.run(serve_worker(settings))
