@@ -143,6 +143,34 @@ def _ensure_pool() -> None:
             _pool_sized = True
 
 
+_threads_before_fork = 0
+
+
+def _stop_pool_before_fork() -> None:
+    """Join the pool's threads: a forked child inherits the pool but not its threads, and
+    its next encode (or resize) would wait on them for ever."""
+    global _threads_before_fork
+    _pool_lock.acquire()
+    _threads_before_fork = int(OpenEXR.global_thread_count())
+    if _threads_before_fork:
+        OpenEXR.set_global_thread_count(0)
+
+
+def _restart_pool_after_fork() -> None:
+    """Parent and child each start their own threads again, as many as before."""
+    if _threads_before_fork:
+        OpenEXR.set_global_thread_count(_threads_before_fork)
+    _pool_lock.release()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_stop_pool_before_fork,
+        after_in_parent=_restart_pool_after_fork,
+        after_in_child=_restart_pool_after_fork,
+    )
+
+
 def _check_hdr(hdr: np.ndarray) -> None:
     if hdr.ndim != 3 or hdr.shape[2] != 3:
         raise ValueError(f"expected an H x W x 3 image, got shape {hdr.shape}")

@@ -232,3 +232,28 @@ def test_the_first_encode_sizes_the_pool_to_the_processs_cpus() -> None:
         [sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout.split()
     assert out == ["0", str(default_exr_threads())]
+
+
+def test_a_child_forked_after_an_encode_encodes_with_its_own_pool() -> None:
+    # Threads do not survive fork: without the fork hooks the child waits for ever.
+    script = (
+        "import os, numpy as np\n"
+        "from service.imaging.exr import decode_exr, encode_exr, exr_threads\n"
+        "image = np.random.default_rng(0).random((256, 64, 3), dtype=np.float32)\n"
+        "data = encode_exr(image, 'float16')\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    same = encode_exr(image, 'float16') == data\n"
+        "    os._exit(0 if same and exr_threads() > 0 else 3)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "print(os.waitstatus_to_exitcode(status), exr_threads())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.split()
+    assert out == ["0", str(default_exr_threads())]
