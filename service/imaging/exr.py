@@ -95,14 +95,9 @@ DEFAULT_EXR_COMPRESSIONS: dict[ExrDtype, ExrCompression] = {
 """Per sample type: lossless and readable by every OpenEXR tool; why: README.md's EXR table."""
 
 
-def available_compressions() -> list[ExrCompression]:
-    """The compressions the installed OpenEXR binding can write, in declaration order."""
-    return [c for c in ExrCompression if _binding_compression(c) is not None]
-
-
-def _binding_compression(compression: ExrCompression) -> object | None:
+def _binding_compression(compression: ExrCompression) -> object:
     name = "NO" if compression is ExrCompression.NONE else compression.name
-    return getattr(OpenEXR, f"{name}_COMPRESSION", None)
+    return getattr(OpenEXR, f"{name}_COMPRESSION")
 
 
 _pool_lock = threading.Lock()
@@ -192,8 +187,7 @@ def encode_exr(
 
     ``compression`` defaults to :data:`DEFAULT_EXR_COMPRESSIONS` of ``dtype``; one outside
     :data:`LOSSLESS_COMPRESSIONS` changes the samples (its :class:`ExrCompression` member
-    says how). Raises ``ValueError`` for an unknown name or one the installed OpenEXR
-    cannot write.
+    says how). Raises ``ValueError`` for an unknown name.
     """
     _check_hdr(hdr)
     if dtype not in DEFAULT_EXR_COMPRESSIONS:
@@ -216,17 +210,10 @@ def encode_exr(
 
 def _codec(compression: ExrCompression | str) -> object:
     try:
-        member = ExrCompression(compression)
+        return _binding_compression(ExrCompression(compression))
     except ValueError:
         names = ", ".join(c.value for c in ExrCompression)
         raise ValueError(f"unknown EXR compression {compression!r}: use one of {names}") from None
-    codec = _binding_compression(member)
-    if codec is None:
-        raise ValueError(
-            f"EXR compression {member.value!r} needs a newer OpenEXR than the installed "
-            f"{OpenEXR.__version__}"
-        )
-    return codec
 
 
 def decode_exr(data: bytes) -> np.ndarray:

@@ -25,13 +25,12 @@ from service.imaging import (
 )
 from service.imaging.exr import (
     LOSSLESS_COMPRESSIONS,
-    available_compressions,
     default_exr_threads,
     exr_threads,
 )
 from tests.factories import REPO
 
-LOSSLESS = [c for c in available_compressions() if c in LOSSLESS_COMPRESSIONS]
+LOSSLESS = [c for c in ExrCompression if c in LOSSLESS_COMPRESSIONS]
 
 
 @pytest.fixture
@@ -162,7 +161,7 @@ def test_every_lossless_compression_round_trips_exactly(
 
 
 def test_the_file_names_the_compression_it_was_written_with(tall: np.ndarray) -> None:
-    for compression in available_compressions():
+    for compression in ExrCompression:
         name = "NO" if compression is ExrCompression.NONE else compression.name
         assert _compression_name(encode_exr(tall, compression=compression)) == (
             f"{name}_COMPRESSION"
