@@ -7,14 +7,16 @@ chunks (16 scanlines for ZIP, 32 for PIZ) and compresses them on the pool's thre
 the calling thread writes them out in order, so the bytes do not depend on the thread
 count. The binding's per-file ``num_threads`` starts no threads by itself: with the global
 pool at 0 (the library's default) every chunk is compressed on the calling thread. The
-pool is therefore sized once, on first use, to the CPUs this process may run on.
+pool is therefore sized once, on first use, to the CPUs this process may run on, and
+stopped around ``os.fork``: threads do not survive a fork, and a child left with the
+parent's pool would hang on its first EXR.
 
 The default compressions are measured, not inherited (``python -m benchmarks.exr_encode``,
 figures in README.md). A float32 network output barely compresses (its low mantissa bits
-are noise to any lossless codec): ZIP saves 4% of an 18 MB frame for 10-20 times the time
-of writing it raw, so float32 is written uncompressed. Half floats compress by a quarter
-with ZIP, so float16 uses it. ZSTD and HTJ2K do better on both, but tools built on an
-OpenEXR older than 3.5 / 3.4 (2025) cannot open such files.
+are noise to any lossless codec): ZIP saves 4% of an 18 MB frame for about 25 times the
+time of writing it raw, so float32 is written uncompressed. Half floats shrink by a quarter
+with ZIP, so float16 uses it. ZSTD and HTJ2K take 15-17% off float32, faster than ZIP, but
+tools built on an OpenEXR older than 3.5 / 3.4 (2025) cannot open such files.
 """
 
 from __future__ import annotations
