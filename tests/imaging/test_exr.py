@@ -169,7 +169,7 @@ def test_the_file_names_the_compression_it_was_written_with(tall: np.ndarray) ->
 
 
 def test_the_default_compressions_are_lossless_and_the_ones_readme_names() -> None:
-    readme = (REPO / "README.md").read_text()
+    readme = " ".join((REPO / "README.md").read_text().split())  # line breaks as spaces
     for dtype, compression in DEFAULT_EXR_COMPRESSIONS.items():
         assert compression in LOSSLESS_COMPRESSIONS
         assert f"{dtype} EXR results default to `{compression.value}`" in readme
