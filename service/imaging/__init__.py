@@ -19,7 +19,15 @@ from service.imaging.decode import (
     verify,
 )
 from service.imaging.exif import ExifExposure, parse_exif
-from service.imaging.exr import HALF_MAX, ExrDtype, decode_exr, encode_exr
+from service.imaging.exr import (
+    DEFAULT_EXR_COMPRESSIONS,
+    HALF_MAX,
+    ExrCompression,
+    ExrDtype,
+    decode_exr,
+    encode_exr,
+    set_exr_threads,
+)
 from service.imaging.formats import DecodedImage, ImageFormat, ImageInfo, sniff_format
 from service.imaging.normalize import to_unit_float, widen_to_16bit
 from service.imaging.radiance import decode_radiance, encode_radiance
@@ -27,12 +35,14 @@ from service.imaging.results import MEDIA_TYPES, ResultFormat, encode_result, wr
 from service.imaging.tonemap import MU, mu_law, preview_png
 
 __all__ = [
+    "DEFAULT_EXR_COMPRESSIONS",
     "EXPOSURE_COUNT",
     "HALF_MAX",
     "MEDIA_TYPES",
     "MU",
     "DecodedImage",
     "ExifExposure",
+    "ExrCompression",
     "ExrDtype",
     "ImageFormat",
     "ImageInfo",
@@ -51,6 +61,7 @@ __all__ = [
     "preview_png",
     "probe",
     "read_image",
+    "set_exr_threads",
     "sniff_format",
     "to_unit_float",
     "verify",
