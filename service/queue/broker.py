@@ -112,13 +112,15 @@ class Broker:
         model: str | None = None,
         width: int | None = None,
         height: int | None = None,
+        webhook_url: str | None = None,
     ) -> JobRecord:
         """Queue a job over ``blobs`` (kept in order) and return its record.
 
         With an ``idempotency_key``, a job already submitted by the same ``owner`` under
         that key is returned instead and nothing is queued. Raises :class:`QueueFull`
         when ``max_queue_length`` jobs are queued. ``params`` must be JSON-serialisable;
-        ``model``, ``width`` and ``height`` fill the record's fields of those names.
+        ``model``, ``width``, ``height`` and ``webhook_url`` (checked by the caller) fill
+        the record's fields of those names.
         """
         if not blobs:
             raise ValueError("a job needs at least one input blob")
@@ -138,6 +140,7 @@ class Broker:
                 width=width,
                 height=height,
                 params=dict(params),
+                webhook_url=webhook_url,
             )
             outcome = await self._enqueue(record, blobs, idem_key)
             if outcome is not None:
@@ -268,6 +271,7 @@ class Broker:
                 self.keys.queued,
                 self.keys.inputs(job_id),
                 self.keys.cancel(job_id),
+                self.keys.webhooks,
             ],
             args=[job_id, repr(time.time()), self._ttl],
         )
@@ -372,6 +376,7 @@ class Broker:
                 self.keys.dead_letter,
                 self.keys.cancel(job_id),
                 self.keys.inputs(job_id),
+                self.keys.webhooks,
             ],
             args=[
                 self.keys.group,
@@ -464,6 +469,7 @@ class Broker:
                 self.keys.inputs(delivery.job_id),
                 self.keys.cancel(delivery.job_id),
                 self.keys.stats,
+                self.keys.webhooks,
             ],
             args=[
                 self.keys.group,
@@ -513,6 +519,7 @@ class Broker:
                 self.keys.stream,
                 self.keys.dead_letter,
                 self.keys.cancel(delivery.job_id),
+                self.keys.webhooks,
             ],
             args=[
                 self.keys.group,
@@ -565,6 +572,7 @@ class Broker:
                 self.keys.stream,
                 self.keys.inputs(delivery.job_id),
                 self.keys.cancel(delivery.job_id),
+                self.keys.webhooks,
             ],
             args=[self.keys.group, delivery.entry_id, delivery.job_id, repr(time.time())],
         )

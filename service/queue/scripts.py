@@ -18,7 +18,7 @@ from __future__ import annotations
 from string import Template
 from typing import Final
 
-from service.queue.jobs import FIELD_LAST_ERROR, JobState
+from service.queue.jobs import FIELD_LAST_ERROR, JobState, WebhookStatus
 from service.queue.keys import STAT_JOB_SECONDS
 
 #: Weight of the newest job in the moving average of job run times (for Retry-After).
@@ -48,6 +48,14 @@ local function ended(job, queued, stream, group, entry, job_id)
   return 'expired'
 end
 
+-- A job with a webhook gets the notification of its final state queued in the same
+-- atomic step as the transition, so no crash in between can lose it (NX: one per job).
+local function notify(job, hooks, job_id, now)
+  if redis.call('HEXISTS', job, 'webhook_url') == 0 then return end
+  redis.call('HSET', job, 'webhook_status', '$webhook_pending')
+  redis.call('ZADD', hooks, 'NX', now, job_id)
+end
+
 -- Append to the dead-letter stream, trimming entries older than the job TTL.
 local function dead_letter(dead, min_id, job_id, entry, reason, attempts, consumer, now)
   redis.call('XADD', dead, 'MINID', '~', min_id, '*', 'job', job_id, 'entry', entry,
@@ -66,6 +74,7 @@ def _lua(body: str) -> str:
         last_error=FIELD_LAST_ERROR,
         stat_job_seconds=STAT_JOB_SECONDS,
         ema_weight=repr(EMA_WEIGHT),
+        webhook_pending=WebhookStatus.PENDING.value,
     )
 
 
@@ -98,7 +107,7 @@ if idem then redis.call('SET', idem, job_id, 'NX', 'EX', ttl) end
 return {'ok', entry}
 """)
 
-#: KEYS job, queued, stream, dead, cancel, inputs
+#: KEYS job, queued, stream, dead, cancel, inputs, webhooks
 #: ARGV group, entry, job_id, max_attempts, now, consumer, min_dead_id
 #: -> {'deliver', attempts} | {'expired'|'final'|'cancelled'|'dead', attempts}
 DELIVER: Final = _lua("""
@@ -117,6 +126,7 @@ end
 if redis.call('EXISTS', KEYS[5]) == 1 then
   -- Cancelled while running, and that worker is gone: finish the cancel here.
   redis.call('HSET', KEYS[1], 'status', CANCELLED, 'finished_at', now)
+  notify(KEYS[1], KEYS[7], job_id, now)
   redis.call('DEL', KEYS[5], KEYS[6])
   redis.call('ZREM', KEYS[2], job_id)
   settle(KEYS[3], group, entry)
@@ -131,6 +141,7 @@ if attempts > max_attempts then
   local message = 'failed after ' .. done .. ' attempts: ' .. reason
   redis.call('HSET', KEYS[1], 'status', FAILED, 'error', message, 'finished_at', now,
     'attempts', done)
+  notify(KEYS[1], KEYS[7], job_id, now)
   redis.call('ZREM', KEYS[2], job_id)
   dead_letter(KEYS[4], ARGV[7], job_id, entry, message, done, ARGV[6], now)
   settle(KEYS[3], group, entry)
@@ -166,7 +177,7 @@ redis.call('HSET', KEYS[1], 'tiles_done', ARGV[1], 'tiles_total', ARGV[2])
 return 1
 """)
 
-#: KEYS job, result, queued, stream, inputs, cancel, stats
+#: KEYS job, result, queued, stream, inputs, cancel, stats, webhooks
 #: ARGV group, entry, job_id, result, ttl, now, timings_json, width, height
 #: -> 'stored' when this call stored the result, else the current status or 'expired'
 COMPLETE: Final = _lua("""
@@ -177,6 +188,7 @@ redis.call('SET', KEYS[2], ARGV[4], 'EX', ARGV[5])
 redis.call('HSET', KEYS[1], 'status', SUCCEEDED, 'finished_at', ARGV[6],
   'timings', ARGV[7], 'width', ARGV[8], 'height', ARGV[9])
 redis.call('HDEL', KEYS[1], 'error')
+notify(KEYS[1], KEYS[8], job_id, ARGV[6])
 local total = tonumber(redis.call('HGET', KEYS[1], 'tiles_total') or '0')
 if total > 0 then redis.call('HSET', KEYS[1], 'tiles_done', total) end
 redis.call('ZREM', KEYS[3], job_id)
@@ -193,7 +205,7 @@ settle(KEYS[4], group, entry)
 return 'stored'
 """)
 
-#: KEYS job, queued, stream, dead, cancel
+#: KEYS job, queued, stream, dead, cancel, webhooks
 #: ARGV group, entry, job_id, reason, retry(0|1), max_attempts, now, consumer,
 #:      retry_idle_ms, min_dead_id
 #: -> 'queued' (will be re-delivered), 'failed', the current final status, or 'expired'
@@ -215,6 +227,7 @@ local message = reason
 if retry then message = 'failed after ' .. attempts .. ' attempts: ' .. reason end
 redis.call('HSET', KEYS[1], 'status', FAILED, 'error', message, '$last_error', reason,
   'finished_at', now)
+notify(KEYS[1], KEYS[6], job_id, now)
 redis.call('DEL', KEYS[5])
 redis.call('ZREM', KEYS[2], job_id)
 dead_letter(KEYS[4], ARGV[10], job_id, entry, message, attempts, ARGV[8], now)
@@ -222,7 +235,7 @@ settle(KEYS[3], group, entry)
 return FAILED
 """)
 
-#: KEYS job, queued, inputs, cancel; ARGV job_id, now, ttl
+#: KEYS job, queued, inputs, cancel, webhooks; ARGV job_id, now, ttl
 #: -> the record's HGETALL after the call, or {} when unknown
 CANCEL: Final = _lua("""
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -230,6 +243,7 @@ if not status then return {} end
 if status == QUEUED then
   -- Its stream entry stays: the worker that receives it acks and skips it.
   redis.call('HSET', KEYS[1], 'status', CANCELLED, 'finished_at', ARGV[2])
+  notify(KEYS[1], KEYS[5], ARGV[1], ARGV[2])
   redis.call('ZREM', KEYS[2], ARGV[1])
   redis.call('DEL', KEYS[3])
 elseif status == RUNNING then
@@ -238,13 +252,14 @@ end
 return redis.call('HGETALL', KEYS[1])
 """)
 
-#: KEYS job, queued, stream, inputs, cancel; ARGV group, entry, job_id, now
+#: KEYS job, queued, stream, inputs, cancel, webhooks; ARGV group, entry, job_id, now
 #: -> the record's HGETALL after the call, or {} when expired
 MARK_CANCELLED: Final = _lua("""
 local group, entry, job_id = ARGV[1], ARGV[2], ARGV[3]
 local status = redis.call('HGET', KEYS[1], 'status')
 if status and not FINAL[status] then
   redis.call('HSET', KEYS[1], 'status', CANCELLED, 'finished_at', ARGV[4])
+  notify(KEYS[1], KEYS[6], job_id, ARGV[4])
   redis.call('DEL', KEYS[4])
 end
 redis.call('DEL', KEYS[5])
