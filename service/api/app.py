@@ -23,6 +23,7 @@ from service.api.uploads import request_body_limit
 from service.config import Settings
 from service.metrics import ApiMetrics
 from service.queue import open_broker
+from service.webhooks.dispatcher import run_dispatcher
 
 DESCRIPTION = """
 Reconstructs a linear HDR image from three bracketed LDR exposures with AFUNet.
@@ -58,7 +59,10 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with open_broker(settings, client_name="hdr-api") as broker:
+        async with (
+            open_broker(settings, client_name="hdr-api") as broker,
+            run_dispatcher(broker, settings, metrics.webhooks),
+        ):
             app.state.broker = broker
             yield
 

@@ -31,6 +31,7 @@ from service.errors import JobNotFinished, JobNotFound, ServiceError
 from service.imaging import MEDIA_TYPES, ExrDtype, ResultFormat, decode_exr, encode_result
 from service.metrics import ApiMetrics
 from service.queue import Broker, JobRecord, JobState
+from service.webhooks.guard import accept_webhook_url
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ async def _submit(
         tile_size = check_tile_size(
             form.tile_size, submission.width, submission.height, catalog.tile_overlap(model)
         )
+        webhook_url = await accept_webhook_url(form.webhook_url, settings)
         record = await broker.submit(
             submission.params(tile_size),
             submission.blobs,
@@ -101,6 +103,7 @@ async def _submit(
             model=model,
             width=submission.width,
             height=submission.height,
+            webhook_url=webhook_url,
         )
     except ServiceError as exc:
         metrics.jobs_rejected.labels(code=exc.code).inc()
