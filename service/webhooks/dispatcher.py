@@ -39,7 +39,7 @@ from service.metrics import WebhookMetrics, WebhookOutcome, WebhookResult
 from service.queue import Broker, JobRecord
 from service.queue.jobs import WebhookStatus
 from service.queue.webhooks import ClaimMiss, WebhookClaim, WebhookQueue
-from service.webhooks.guard import check_url
+from service.webhooks.guard import WebhookTarget, check_url
 from service.webhooks.signing import message_id, signature_headers
 
 log = logging.getLogger(__name__)
@@ -213,33 +213,58 @@ class WebhookDispatcher:
         )
         body = payload(record)
         headers = signature_headers(self._secret, message_id(record.id), body, int(time.time()))
-        url = target.url
-        extensions: dict[str, str] = {}
-        if target.addresses[0] != target.host:
-            # Connect to the address the guard checked, not to a second DNS answer; the
-            # name still goes in Host and (for https) in SNI and certificate checks.
-            url = url.copy_with(host=target.addresses[0].split("%", 1)[0])
-            headers["host"] = target.url.netloc.decode("ascii").rpartition("@")[2]
-            if url.scheme == "https":
-                extensions["sni_hostname"] = target.host
-        request = client.build_request(
-            "POST", url, content=body, headers=headers, extensions=extensions
-        )
-        response = await client.send(request, stream=True)
+        return await post(client, target, headers, body)
+
+
+async def post(
+    client: httpx.AsyncClient, target: WebhookTarget, headers: dict[str, str], body: bytes
+) -> AttemptOutcome:
+    """POST ``body`` to the checked addresses of ``target`` in turn until one connects.
+
+    Like a client trying a dual-stack name's addresses, but only those the guard checked:
+    never a second DNS answer. The name stays in ``Host`` and, for https, in SNI and the
+    certificate check.
+    """
+    for address in target.addresses[:-1]:
         try:
-            read = 0
-            async for chunk in response.aiter_raw():
-                read += len(chunk)
-                if read >= MAX_RESPONSE_BYTES:
-                    break
-        finally:
-            await response.aclose()
-        detail = f"HTTP {response.status_code}"
-        if response.is_success:
-            return AttemptOutcome(WebhookResult.SUCCESS, detail)
-        if response.status_code >= 500:
-            return AttemptOutcome(WebhookResult.SERVER_ERROR, detail)
-        return AttemptOutcome(WebhookResult.CLIENT_ERROR, detail)
+            return await _post(client, target, address, headers, body)
+        except httpx.ConnectError as exc:
+            log.debug("webhook to %s: %s unreachable: %s", target.host, address, exc)
+    return await _post(client, target, target.addresses[-1], headers, body)
+
+
+async def _post(
+    client: httpx.AsyncClient,
+    target: WebhookTarget,
+    address: str,
+    headers: dict[str, str],
+    body: bytes,
+) -> AttemptOutcome:
+    url = target.url
+    extensions: dict[str, str] = {}
+    if address != target.host:
+        url = url.copy_with(host=address.split("%", 1)[0])
+        headers = {**headers, "host": target.url.netloc.decode("ascii").rpartition("@")[2]}
+        if url.scheme == "https":
+            extensions["sni_hostname"] = target.host
+    request = client.build_request(
+        "POST", url, content=body, headers=headers, extensions=extensions
+    )
+    response = await client.send(request, stream=True)
+    try:
+        read = 0
+        async for chunk in response.aiter_raw():
+            read += len(chunk)
+            if read >= MAX_RESPONSE_BYTES:
+                break
+    finally:
+        await response.aclose()
+    detail = f"HTTP {response.status_code}"
+    if response.is_success:
+        return AttemptOutcome(WebhookResult.SUCCESS, detail)
+    if response.status_code >= 500:
+        return AttemptOutcome(WebhookResult.SERVER_ERROR, detail)
+    return AttemptOutcome(WebhookResult.CLIENT_ERROR, detail)
 
 
 @asynccontextmanager

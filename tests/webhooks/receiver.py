@@ -37,6 +37,8 @@ class Receiver:
     """Pauses before answering, per request in order; none once they are spent."""
     received: list[Received] = field(default_factory=list)
     redirect_to: str | None = None
+    endless: bool = False
+    """Answer with a body that never ends (until the client hangs up)."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def count(self, path: str | None = None) -> int:
@@ -79,6 +81,14 @@ def receiver(statuses: Sequence[int] = ()) -> Iterator[Receiver]:
                     )
                 )
             self.send_response(status)
+            if state.endless:
+                self.send_header("transfer-encoding", "chunked")
+                self.end_headers()
+                chunk = b"4000\r\n" + b"x" * 0x4000 + b"\r\n"
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    for _ in range(100_000):  # 1.6 GB: "forever" for a test
+                        self.wfile.write(chunk)
+                return
             if status == 307:
                 self.send_header("location", state.redirect_to or "/")
             payload = b"ok" if status < 300 else b"x" * 100_000  # more than the 4 KB read

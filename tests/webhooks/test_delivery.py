@@ -181,6 +181,20 @@ def test_a_restart_in_the_middle_of_the_retries_loses_no_delivery(
     assert len(hook.deliveries(hook_settings)) == 1
 
 
+def test_a_host_name_is_sent_to_its_checked_address_with_the_name_in_host_header(
+    hook_settings: Settings, hook: Receiver
+) -> None:
+    port = hook.url.rsplit(":", 1)[1]
+    settings = with_(hook_settings, webhook_allowed_hosts=["localhost"])
+    with api_server(settings) as url, httpx.Client(base_url=url, timeout=30) as client:
+        job_id = cancelled_job(client, f"http://localhost:{port}/named")
+        assert settled(client, job_id) == {"status": "delivered", "attempts": 1, "error": None}
+
+    (received,) = hook.received
+    assert received.headers["host"] == f"localhost:{port}"
+    assert received.path == "/named"
+
+
 def test_reconstruct_takes_a_webhook_url_too(hook_settings: Settings, hook: Receiver) -> None:
     with (
         api_server(with_(hook_settings, sync_wait_seconds=0.0)) as url,
