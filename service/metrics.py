@@ -103,7 +103,7 @@ class WebhookResult(str, Enum):
     TIMEOUT = "timeout"
     """No complete answer within HDR_WEBHOOK_TIMEOUT_SECONDS (retried)."""
     CONNECTION_ERROR = "connection_error"
-    """Connecting or talking to it failed (retried)."""
+    """Its name did not resolve, or connecting or talking to it failed (retried)."""
     REFUSED = "refused"
     """The SSRF guard refused the URL at delivery time (its DNS changed); not retried."""
     INTERNAL_ERROR = "internal_error"

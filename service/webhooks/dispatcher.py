@@ -39,7 +39,7 @@ from service.metrics import WebhookMetrics, WebhookOutcome, WebhookResult
 from service.queue import Broker, JobRecord
 from service.queue.jobs import WebhookStatus
 from service.queue.webhooks import ClaimMiss, WebhookClaim, WebhookQueue
-from service.webhooks.guard import WebhookTarget, check_url
+from service.webhooks.guard import UnresolvedHost, WebhookTarget, check_url
 from service.webhooks.signing import message_id, signature_headers
 
 log = logging.getLogger(__name__)
@@ -193,6 +193,8 @@ class WebhookDispatcher:
         """Check, sign, send; classify what happened."""
         try:
             return await asyncio.wait_for(self._send(client, record), self._timeout)
+        except UnresolvedHost as exc:
+            return AttemptOutcome(WebhookResult.CONNECTION_ERROR, exc.message)
         except InvalidWebhookUrl as exc:
             return AttemptOutcome(WebhookResult.REFUSED, exc.message)
         except (TimeoutError, httpx.TimeoutException):

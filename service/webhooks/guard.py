@@ -41,6 +41,14 @@ _HOST: Final = re.compile(r"[a-z0-9_.-]+|[0-9a-f:.%a-z]*:[0-9a-f:.%a-z]*")
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+class UnresolvedHost(InvalidWebhookUrl):
+    """The host has no address, or DNS did not answer in time.
+
+    At submission a 422 like any refused URL; at delivery a transient failure (the
+    receiver's DNS may be down for a while), retried like a connection error.
+    """
+
+
 @dataclass(frozen=True)
 class WebhookTarget:
     """A checked webhook URL and the addresses it may be sent to."""
@@ -89,12 +97,12 @@ async def _resolve(host: str, port: int, timeout: float) -> tuple[str, ...]:
             loop.getaddrinfo(host, port, type=socket.SOCK_STREAM), timeout
         )
     except (socket.gaierror, UnicodeError):
-        raise InvalidWebhookUrl(f"webhook_url: host {host!r} does not resolve") from None
+        raise UnresolvedHost(f"webhook_url: host {host!r} does not resolve") from None
     except TimeoutError:
-        raise InvalidWebhookUrl(f"webhook_url: host {host!r} did not resolve in time") from None
+        raise UnresolvedHost(f"webhook_url: host {host!r} did not resolve in time") from None
     addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
     if not addresses:
-        raise InvalidWebhookUrl(f"webhook_url: host {host!r} has no address")
+        raise UnresolvedHost(f"webhook_url: host {host!r} has no address")
     return tuple(addresses)
 
 

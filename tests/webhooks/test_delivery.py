@@ -14,9 +14,11 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from pydantic import SecretStr
 
 from service.config import Settings
+from service.queue import Keys
 from service.webhooks import verify
 from service.worker.models import ModelSet
 from tests.factories import bracket_uploads, exposure_files
@@ -289,6 +291,55 @@ def test_a_connection_error_is_retried(hook_settings: Settings) -> None:
 
     assert state["status"] == "failed" and state["attempts"] == 2
     assert state["error"].startswith("gave up after 2 attempt(s): connection error")
+
+
+def rewrite_webhook_url(settings: Settings, job_id: str, url: str) -> None:
+    """What the record would say had the URL's DNS changed since the submission."""
+    client = redis.Redis.from_url(str(settings.redis_url))
+    try:
+        client.hset(Keys(settings.key_prefix).job(job_id), "webhook_url", url)
+    finally:
+        client.close()
+
+
+def test_the_guard_runs_again_at_delivery_and_refuses_for_good(
+    hook_settings: Settings, hook: Receiver
+) -> None:
+    with api_server(hook_settings) as url, httpx.Client(base_url=url, timeout=30) as client:
+        accepted = submit(client, f"{hook.url}/hook")
+        job_id = accepted.json()["id"]
+        rewrite_webhook_url(hook_settings, job_id, "http://10.0.0.8/hook")
+        assert client.delete(f"/v1/jobs/{job_id}").status_code == 200
+        state = settled(client, job_id)
+        metrics = client.get("/metrics").text
+
+    assert state["status"] == "failed" and state["attempts"] == 1
+    assert state["error"].endswith("host '10.0.0.8' is not one this server sends webhooks to")
+    assert 'hdr_webhook_attempts_total{result="refused"} 1.0' in metrics
+    assert hook.count() == 0
+
+
+def test_a_name_that_stops_resolving_is_retried_like_a_connection_error(
+    hook_settings: Settings, hook: Receiver
+) -> None:
+    settings = with_(
+        hook_settings,
+        webhook_allowed_hosts=["127.0.0.1", "*.invalid"],
+        webhook_retry_seconds=[0.05],
+    )
+    with api_server(settings) as url, httpx.Client(base_url=url, timeout=30) as client:
+        job_id = submit(client, f"{hook.url}/hook").json()["id"]
+        rewrite_webhook_url(settings, job_id, "http://gone.invalid/hook")
+        assert client.delete(f"/v1/jobs/{job_id}").status_code == 200
+        state = settled(client, job_id)
+        metrics = client.get("/metrics").text
+
+    assert state == {
+        "status": "failed",
+        "attempts": 2,
+        "error": "gave up after 2 attempt(s): webhook_url: host 'gone.invalid' does not resolve",
+    }
+    assert 'hdr_webhook_attempts_total{result="connection_error"} 2.0' in metrics
 
 
 def test_two_api_replicas_deliver_each_notification_once(hook_settings: Settings) -> None:
