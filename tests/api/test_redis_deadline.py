@@ -32,10 +32,15 @@ def own_redis(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
 
 
 def test_job_status_is_503_within_the_deadline_while_redis_is_frozen(
-    own_redis: tuple[str, subprocess.Popen[bytes]],
+    own_redis: tuple[str, subprocess.Popen[bytes]], tmp_path: Path
 ) -> None:
     url, server = own_redis
-    settings = Settings(redis_url=url, key_prefix="deadline", request_timeout_seconds=DEADLINE)
+    settings = Settings(
+        redis_url=url,
+        key_prefix="deadline",
+        request_timeout_seconds=DEADLINE,
+        storage_url=(tmp_path / "blobs").as_uri(),
+    )
     job_id = new_job_id()
     with api_server(settings) as base, httpx.Client(base_url=base, timeout=60) as client:
         assert client.get(f"/v1/jobs/{job_id}").status_code == 404  # Redis answers
