@@ -6,11 +6,13 @@ Nothing reads the environment at import time: callers build ``Settings()`` when 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import socket
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing_extensions import Self
 
@@ -22,6 +24,14 @@ DEFAULT_TILE_BATCH = 2
 MIN_API_KEY_LENGTH = 16
 #: Longest accepted HDR_WORKER_ID (a consumer name and part of a Redis key).
 MAX_WORKER_ID_LENGTH = 128
+#: Webhook retry schedule by default: the delays between attempts, in seconds.
+DEFAULT_WEBHOOK_RETRY_SECONDS = (5.0, 30.0, 120.0, 600.0, 1800.0)
+#: Bounds of that schedule: a job record (and so its webhook) lives for the job TTL anyway.
+MAX_WEBHOOK_RETRIES = 20
+MAX_WEBHOOK_RETRY_DELAY = 7 * 24 * 3600.0
+#: Standard Webhooks secrets: ``whsec_`` and the base64 of 24 to 64 random bytes.
+WEBHOOK_SECRET_PREFIX = "whsec_"
+WEBHOOK_KEY_BYTES = (24, 64)
 
 
 class Settings(BaseSettings):
@@ -223,11 +233,36 @@ class Settings(BaseSettings):
         " temporary directory is used and jobs are lost when `serve` stops.",
     )
 
-    @field_validator("api_keys", mode="before")
+    # --- webhooks (service/webhooks/, delivered by the API process) -------------------------
+    webhook_secret: SecretStr | None = Field(
+        None,
+        description="Signing key of webhooks, `whsec_` followed by base64 (24 to 64 random"
+        " bytes); unset, a job's webhook_url is refused (422).",
+    )
+    webhook_retry_seconds: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_WEBHOOK_RETRY_SECONDS),
+        description="Delays between webhook attempts, comma-separated seconds (jittered by"
+        " +-25%); after the last one the delivery is given up. Default: 5,30,120,600,1800.",
+    )
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated host patterns (fnmatch, e.g. `*.example.com`,"
+        " `10.0.0.7`); when set, webhooks go only to matching hosts, which may then be"
+        " private or loopback. Unset: any host with public addresses only.",
+    )
+    webhook_timeout_seconds: float = Field(
+        5.0, gt=0, le=60, description="Bound on one webhook attempt: DNS, connect, send, read."
+    )
+    webhook_poll_seconds: float = Field(
+        1.0, gt=0, le=60, description="How often the API's webhook dispatcher looks for due ones."
+    )
+
+    @field_validator("api_keys", "webhook_retry_seconds", "webhook_allowed_hosts", mode="before")
     @classmethod
-    def _split_keys(cls, value: object) -> object:
+    def _split_list(cls, value: object) -> object:
+        # Comma-separated in the environment (NoDecode: not JSON).
         if isinstance(value, str):
-            return [k.strip() for k in value.split(",") if k.strip()]
+            return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
     @field_validator("api_keys")
@@ -243,6 +278,26 @@ class Settings(BaseSettings):
                 " print(secrets.token_urlsafe())'`"
             )
         return keys
+
+    @field_validator("webhook_retry_seconds")
+    @classmethod
+    def _check_retry_schedule(cls, delays: list[float]) -> list[float]:
+        if len(delays) > MAX_WEBHOOK_RETRIES:
+            raise ValueError(f"at most {MAX_WEBHOOK_RETRIES} retries, got {len(delays)}")
+        if any(not 0 <= delay <= MAX_WEBHOOK_RETRY_DELAY for delay in delays):
+            raise ValueError(
+                f"each delay must lie in 0..{MAX_WEBHOOK_RETRY_DELAY:g} seconds, got {delays}"
+            )
+        return delays
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _check_webhook_secret(cls, secret: SecretStr | None) -> SecretStr | None:
+        # Refuse a malformed key at start-up rather than at the first delivery. The
+        # message never repeats the secret.
+        if secret is not None:
+            webhook_key(secret.get_secret_value())
+        return secret
 
     @model_validator(mode="after")
     def _derive_service_defaults(self) -> Self:
@@ -283,3 +338,21 @@ def require_storage_url(settings: Settings) -> str:
             " `hdr-service serve` defaults to a local folder"
         )
     return settings.storage_url
+
+
+def webhook_key(secret: str) -> bytes:
+    """The HMAC key of a Standard Webhooks secret ``whsec_<base64>``; ValueError if malformed.
+
+    Here rather than in ``service.webhooks`` because the settings validate it at start-up
+    and config.py imports nothing of ours.
+    """
+    if not secret.startswith(WEBHOOK_SECRET_PREFIX):
+        raise ValueError(f"webhook secret must start with {WEBHOOK_SECRET_PREFIX!r}")
+    try:
+        key = base64.b64decode(secret[len(WEBHOOK_SECRET_PREFIX) :], validate=True)
+    except binascii.Error:
+        raise ValueError("webhook secret: the part after whsec_ is not base64") from None
+    low, high = WEBHOOK_KEY_BYTES
+    if not low <= len(key) <= high:
+        raise ValueError(f"webhook secret: the key must be {low} to {high} bytes, got {len(key)}")
+    return key

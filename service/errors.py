@@ -127,3 +127,11 @@ class QueueFull(ServiceError):
     def __init__(self, message: str, retry_after: int = 5) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class InvalidWebhookUrl(ServiceError):
+    """A job's ``webhook_url`` is malformed, or refused by the SSRF guard."""
+
+    code = "invalid_webhook_url"
+    http_status = 422
+    retryable = False

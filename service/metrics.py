@@ -91,6 +91,36 @@ class Outcome(str, Enum):
     """The engine failed unrecoverably; the job was queued again and the worker exits."""
 
 
+class WebhookResult(str, Enum):
+    """How one webhook attempt ended; the ``result`` label of ``hdr_webhook_attempts_total``."""
+
+    SUCCESS = "success"
+    """The receiver answered 2xx."""
+    SERVER_ERROR = "server_error"
+    """It answered 5xx (retried)."""
+    CLIENT_ERROR = "client_error"
+    """It answered 1xx, 3xx or 4xx: a redirect is never followed; not retried."""
+    TIMEOUT = "timeout"
+    """No complete answer within HDR_WEBHOOK_TIMEOUT_SECONDS (retried)."""
+    CONNECTION_ERROR = "connection_error"
+    """Its name did not resolve, or connecting or talking to it failed (retried)."""
+    REFUSED = "refused"
+    """The SSRF guard refused the URL at delivery time (its DNS changed); not retried."""
+    INTERNAL_ERROR = "internal_error"
+    """A fault of the dispatcher itself (logged with its traceback); not retried."""
+
+
+class WebhookOutcome(str, Enum):
+    """How a job's notification ended; the ``outcome`` label of ``hdr_webhook_deliveries_total``."""
+
+    DELIVERED = "delivered"
+    """An attempt got a 2xx."""
+    FAILED = "failed"
+    """Given up: retries spent, or an answer or refusal that retrying cannot change."""
+    EXPIRED = "expired"
+    """The job record expired before the notification could be sent."""
+
+
 def exposition(registry: CollectorRegistry) -> tuple[bytes, str]:
     """The registry in the Prometheus text format, and that format's media type."""
     return generate_latest(registry), CONTENT_TYPE_LATEST
@@ -169,6 +199,35 @@ class QueueMetrics:
         self.workers.labels(ready="false").set(len(workers) - ready)
 
 
+class WebhookMetrics:
+    """The webhook dispatcher's numbers (it runs in the API process)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.deliveries = Counter(
+            f"{NAMESPACE}_webhook_deliveries_total",
+            "Job notifications finished, by outcome (delivered, failed, expired).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.attempts = Counter(
+            f"{NAMESPACE}_webhook_attempts_total",
+            "Webhook HTTP attempts, by result (success, server_error, timeout, ...).",
+            ["result"],
+            registry=registry,
+        )
+        self.attempt_seconds = Histogram(
+            f"{NAMESPACE}_webhook_attempt_duration_seconds",
+            "Time of one webhook attempt: DNS check, connect, request, answer.",
+            buckets=REQUEST_BUCKETS,
+            registry=registry,
+        )
+        self.pending = Gauge(
+            f"{NAMESPACE}_webhooks_pending",
+            "Job notifications queued or waiting for a retry (all dispatchers).",
+            registry=registry,
+        )
+
+
 class ApiMetrics:
     """What the API process exports."""
 
@@ -207,6 +266,7 @@ class ApiMetrics:
             buckets=UPLOAD_BUCKETS,
             registry=self.registry,
         )
+        self.webhooks = WebhookMetrics(self.registry)
 
 
 class WorkerMetrics:

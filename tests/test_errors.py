@@ -36,6 +36,10 @@ RETRYABLE = {
     "BlobNotFound": False,
     "ClientError": True,  # the class default; an instance decides from its HTTP status
     "JobFailed": False,
+    "IncompleteImage": False,  # the same cut-short file stays cut short
+    "BodyTimeout": True,  # the client may send its body in time on another try
+    "InvalidWebhookUrl": False,  # a malformed or refused URL stays refused
+    "UnresolvedHost": True,  # DNS may answer later (the dispatcher retries it)
 }
 
 

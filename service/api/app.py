@@ -30,6 +30,7 @@ from service.api.uploads import PROBE_SLOTS, request_body_limit
 from service.config import Settings
 from service.metrics import ApiMetrics
 from service.queue import open_broker
+from service.webhooks.dispatcher import run_dispatcher
 
 DESCRIPTION = """
 Reconstructs a linear HDR image from three bracketed LDR exposures with AFUNet.
@@ -69,9 +70,12 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with open_broker(
-            settings, client_name="hdr-api", deadline=settings.request_timeout_seconds
-        ) as broker:
+        async with (
+            open_broker(
+                settings, client_name="hdr-api", deadline=settings.request_timeout_seconds
+            ) as broker,
+            run_dispatcher(broker, settings, metrics.webhooks),
+        ):
             app.state.broker = broker
             app.state.probe_slots = asyncio.Semaphore(PROBE_SLOTS)  # of this event loop
             yield

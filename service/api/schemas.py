@@ -15,6 +15,7 @@ from pydantic.json_schema import JsonDict
 
 from service.imaging import EXPOSURE_COUNT
 from service.queue import JobRecord, JobState
+from service.queue.jobs import WebhookStatus
 
 #: Largest tile edge a client may ask for; bigger tiles buy little and risk GPU memory.
 MAX_TILE_SIZE: Final = 1024
@@ -76,6 +77,16 @@ class JobCreate(BaseModel):
         pattern=MODEL_NAME_PATTERN,
         description="A model of GET /v1/models; default: the service's default model.",
     )
+    webhook_url: str | None = Field(
+        None,
+        max_length=2048,
+        examples=["https://example.com/hooks/hdr"],
+        description="http(s) URL that receives the job's JSON (as GET /v1/jobs/{id} shows"
+        " it) when it succeeds, fails or is cancelled, signed per Standard Webhooks"
+        " (webhook-id, webhook-timestamp, webhook-signature headers); retried on 5xx,"
+        " timeouts and connection errors. Must resolve to public addresses unless the"
+        " server allows the host; a refused URL is 422.",
+    )
 
 
 class ErrorDetail(BaseModel):
@@ -100,7 +111,8 @@ ERROR_MEANINGS: Final = {
     409: "The job has no result (yet), or cannot be cancelled any more.",
     413: "Too large: the request body, a file's bytes, or a frame's pixel count.",
     415: "A file is not a PNG, JPEG, TIFF or HEIC RGB image (judged by its content).",
-    422: "Invalid exposure set: count, sizes, exposure metadata, or an unknown model.",
+    422: "Invalid exposure set (count, sizes, exposure metadata), an unknown model, or a"
+    " refused webhook_url.",
     429: "The queue is full; retry after the Retry-After header's seconds.",
     503: "The job queue (Redis) is unreachable, or not ready; retry after Retry-After.",
 }
@@ -125,6 +137,17 @@ class Progress(BaseModel):
 
     tiles_done: int = Field(description="Tiles finished.")
     tiles_total: int = Field(description="Tiles of the plan; 0 until the job starts.")
+
+
+class WebhookPublic(BaseModel):
+    """Where the notification of a job submitted with a webhook_url stands."""
+
+    status: WebhookStatus | None = Field(
+        description="null while the job runs; pending (being tried or waiting for a retry),"
+        " delivered, or failed (given up) once it ended."
+    )
+    attempts: int = Field(description="HTTP attempts so far.")
+    error: str | None = Field(description="The last failed attempt's outcome, if any.")
 
 
 def _when(timestamp: float | None) -> datetime | None:
@@ -162,6 +185,9 @@ class JobPublic(BaseModel):
     )
     status_url: str = Field(description="Where to poll this job.")
     result_url: str = Field(description="Where to download the result once it succeeded.")
+    webhook: WebhookPublic | None = Field(
+        None, description="The notification's state; null for a job without webhook_url."
+    )
 
     @classmethod
     def from_record(cls, record: JobRecord, root_path: str = "") -> JobPublic:
@@ -185,6 +211,13 @@ class JobPublic(BaseModel):
             error=record.error,
             status_url=status_url,
             result_url=f"{status_url}/result",
+            webhook=None
+            if record.webhook_url is None
+            else WebhookPublic(
+                status=record.webhook_status,
+                attempts=record.webhook_attempts,
+                error=record.webhook_error,
+            ),
         )
 
 

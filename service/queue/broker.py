@@ -136,6 +136,7 @@ class Broker:
         model: str | None = None,
         width: int | None = None,
         height: int | None = None,
+        webhook_url: str | None = None,
     ) -> JobRecord:
         """Store ``sources`` (kept in order) in the blob store, queue a job over them and
         return its record.
@@ -144,8 +145,9 @@ class Broker:
         that key is returned instead, and nothing is stored or queued. Raises
         :class:`QueueFull` when ``max_queue_length`` jobs are queued, and
         :class:`StoreUnavailable` when the store cannot take the uploads; either way
-        nothing is queued and whatever was stored is deleted again. ``model``, ``width``
-        and ``height`` fill the record's fields of those names.
+        nothing is queued and whatever was stored is deleted again. ``model``, ``width``,
+        ``height`` and ``webhook_url`` (checked by the caller) fill the record's fields
+        of those names.
         """
         if not sources:
             raise ValueError("a job needs at least one input blob")
@@ -169,6 +171,7 @@ class Broker:
             width=width,
             height=height,
             params=replace(params, inputs=names),
+            webhook_url=webhook_url,
         )
         try:
             # Two tries: the second only when an idempotency mapping outlived its job.
@@ -294,7 +297,12 @@ class Broker:
         if not is_valid_job_id(job_id):
             raise JobNotFound(f"job {job_id} not found")
         reply = await self._cancel(
-            keys=[self.keys.job(job_id), self.keys.queued, self.keys.cancel(job_id)],
+            keys=[
+                self.keys.job(job_id),
+                self.keys.queued,
+                self.keys.cancel(job_id),
+                self.keys.webhooks,
+            ],
             args=[job_id, repr(time.time()), self._ttl],
         )
         if not reply:
@@ -399,6 +407,7 @@ class Broker:
                 self.keys.stream,
                 self.keys.dead_letter,
                 self.keys.cancel(job_id),
+                self.keys.webhooks,
             ],
             args=[
                 self.keys.group,
@@ -502,6 +511,7 @@ class Broker:
                 self.keys.stream,
                 self.keys.cancel(delivery.job_id),
                 self.keys.stats,
+                self.keys.webhooks,
             ],
             args=[
                 self.keys.group,
@@ -553,6 +563,7 @@ class Broker:
                 self.keys.stream,
                 self.keys.dead_letter,
                 self.keys.cancel(delivery.job_id),
+                self.keys.webhooks,
             ],
             args=[
                 self.keys.group,
@@ -613,6 +624,7 @@ class Broker:
                 self.keys.queued,
                 self.keys.stream,
                 self.keys.cancel(delivery.job_id),
+                self.keys.webhooks,
             ],
             args=[
                 self.keys.group,

@@ -17,6 +17,17 @@ from enum import Enum
 from typing import Any, Final
 
 
+class WebhookStatus(str, Enum):
+    """Where the notification of a job's final state stands (jobs with a webhook_url)."""
+
+    PENDING = "pending"
+    """Queued by the final transition; being tried, or waiting for its next retry."""
+    DELIVERED = "delivered"
+    """The receiver answered 2xx."""
+    FAILED = "failed"
+    """Given up: the retries ran out, the receiver refused it (not 5xx), or the URL was."""
+
+
 class JobState(str, Enum):
     """Lifecycle of a job; ``succeeded``, ``failed`` and ``cancelled`` never change."""
 
@@ -63,7 +74,9 @@ def is_valid_job_id(job_id: str) -> bool:
 #: Hash fields the broker keeps next to the record's own (not part of JobRecord).
 FIELD_LAST_ERROR: Final = "last_error"
 
-_INT_FIELDS: Final = frozenset({"width", "height", "tiles_done", "tiles_total", "attempts"})
+_INT_FIELDS: Final = frozenset(
+    {"width", "height", "tiles_done", "tiles_total", "attempts", "webhook_attempts"}
+)
 _FLOAT_FIELDS: Final = frozenset({"created_at", "started_at", "finished_at"})
 
 
@@ -157,6 +170,13 @@ class JobRecord:
     error: str | None = None
     timings: StageTimings = field(default_factory=StageTimings)
     params: JobParams | None = None
+    webhook_url: str | None = None
+    """Where the job's final state is POSTed (checked by the SSRF guard at submission)."""
+    webhook_status: WebhookStatus | None = None
+    """Set by the final transition when there is a webhook_url, then by the dispatcher."""
+    webhook_attempts: int = 0
+    webhook_error: str | None = None
+    """The last failed attempt's outcome (kept after a later success, for the record)."""
 
     def to_redis(self) -> dict[str, str]:
         """The hash mapping to HSET; ``None`` fields are left out."""
@@ -169,7 +189,7 @@ class JobRecord:
                 out[f.name] = value.to_json()
             elif isinstance(value, StageTimings):
                 out[f.name] = json.dumps(value.as_dict(), separators=(",", ":"), sort_keys=True)
-            elif isinstance(value, JobState):
+            elif isinstance(value, (JobState, WebhookStatus)):
                 out[f.name] = value.value
             elif f.name in _FLOAT_FIELDS:
                 out[f.name] = repr(float(value))
@@ -191,6 +211,8 @@ class JobRecord:
                 continue
             if f.name == "status":
                 kwargs[f.name] = JobState(raw)
+            elif f.name == "webhook_status":
+                kwargs[f.name] = WebhookStatus(raw)
             elif f.name in _INT_FIELDS:
                 kwargs[f.name] = int(raw)
             elif f.name in _FLOAT_FIELDS:

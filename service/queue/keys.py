@@ -19,6 +19,7 @@ Layout (``p`` is the prefix)::
     p:workers                  zset worker id -> heartbeat expiry (unix s)
     p:worker:<id>              string, JSON heartbeat of a worker           (TTL)
     p:stats                    hash, running statistics (job duration EMA)
+    p:webhooks                 zset job id -> when its webhook is due (unix s)
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class Keys:
         self.queued = f"{prefix}:queued"
         self.workers = f"{prefix}:workers"
         self.stats = f"{prefix}:stats"
+        self.webhooks = f"{prefix}:webhooks"
 
     def __repr__(self) -> str:
         return f"Keys(prefix={self.prefix!r})"

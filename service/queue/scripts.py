@@ -12,6 +12,10 @@ its *last* change (not after its submission, which would expire a job that waite
 the queue while it runs), and the keys it names or that refer to it (uploads, result,
 cancel flag, idempotency mapping) never outlive it.
 
+Every transition to a final state also calls ``notify``: a job with a ``webhook_url`` gets
+its notification queued in the ``webhooks`` due-set (always the script's last key) in the
+same atomic step, so no crash between the two can lose it (:mod:`service.queue.webhooks`).
+
 Keys always arrive through ``KEYS`` (built by :mod:`service.queue.keys`); state names are
 substituted from :class:`JobState` so that neither is spelled twice. Field names are the
 :class:`JobRecord` field names. Lua numbers lose precision when returned, so scripts
@@ -23,7 +27,7 @@ from __future__ import annotations
 from string import Template
 from typing import Final
 
-from service.queue.jobs import FIELD_LAST_ERROR, JobState
+from service.queue.jobs import FIELD_LAST_ERROR, JobState, WebhookStatus
 from service.queue.keys import STAT_JOB_SECONDS
 
 #: Weight of the newest job in the moving average of job run times (for Retry-After).
@@ -62,6 +66,14 @@ local function refresh(ttl, job, ...)
   redis.call('EXPIRE', job, ttl)
 end
 
+-- A job with a webhook gets the notification of its final state queued in the same
+-- atomic step as the transition, so no crash in between can lose it (NX: one per job).
+local function notify(job, hooks, job_id, now)
+  if redis.call('HEXISTS', job, 'webhook_url') == 0 then return end
+  redis.call('HSET', job, 'webhook_status', '$webhook_pending')
+  redis.call('ZADD', hooks, 'NX', now, job_id)
+end
+
 -- Append to the dead-letter stream, trimming entries older than the job TTL.
 local function dead_letter(dead, min_id, job_id, entry, reason, attempts, consumer, now)
   redis.call('XADD', dead, 'MINID', '~', min_id, '*', 'job', job_id, 'entry', entry,
@@ -80,6 +92,7 @@ def _lua(body: str) -> str:
         last_error=FIELD_LAST_ERROR,
         stat_job_seconds=STAT_JOB_SECONDS,
         ema_weight=repr(EMA_WEIGHT),
+        webhook_pending=WebhookStatus.PENDING.value,
     )
 
 
@@ -122,7 +135,7 @@ local entry = redis.call('XADD', KEYS[3], 'MINID', min_id, '*', ARGV[5], job_id)
 return {'ok', entry}
 """)
 
-#: KEYS job, queued, stream, dead, cancel
+#: KEYS job, queued, stream, dead, cancel, webhooks
 #: ARGV group, entry, job_id, max_attempts, now, consumer, min_dead_id, ttl
 #: -> {'deliver', attempts} | {'expired'|'final'|'cancelled'|'dead', attempts}
 DELIVER: Final = _lua("""
@@ -141,6 +154,7 @@ end
 if redis.call('EXISTS', KEYS[5]) == 1 then
   -- Cancelled while running, and that worker is gone: finish the cancel here.
   redis.call('HSET', KEYS[1], 'status', CANCELLED, 'finished_at', now)
+  notify(KEYS[1], KEYS[6], job_id, now)
   redis.call('DEL', KEYS[5])
   redis.call('ZREM', KEYS[2], job_id)
   settle(KEYS[3], group, entry)
@@ -156,6 +170,7 @@ if attempts > max_attempts then
   local message = 'failed after ' .. done .. ' attempts: ' .. reason
   redis.call('HSET', KEYS[1], 'status', FAILED, 'error', message, 'finished_at', now,
     'attempts', done)
+  notify(KEYS[1], KEYS[6], job_id, now)
   redis.call('ZREM', KEYS[2], job_id)
   dead_letter(KEYS[4], ARGV[7], job_id, entry, message, done, ARGV[6], now)
   settle(KEYS[3], group, entry)
@@ -195,7 +210,7 @@ refresh(ARGV[3], KEYS[1])
 return 1
 """)
 
-#: KEYS job, queued, stream, cancel, stats
+#: KEYS job, queued, stream, cancel, stats, webhooks
 #: ARGV group, entry, job_id, now, timings_json, width, height, ttl
 #: -> 'stored' when this call finished the job (its result is in the blob store already),
 #:    else the current status or 'expired'
@@ -206,6 +221,7 @@ if over then return over end
 redis.call('HSET', KEYS[1], 'status', SUCCEEDED, 'finished_at', ARGV[4],
   'timings', ARGV[5], 'width', ARGV[6], 'height', ARGV[7])
 redis.call('HDEL', KEYS[1], 'error')
+notify(KEYS[1], KEYS[6], job_id, ARGV[4])
 local total = tonumber(redis.call('HGET', KEYS[1], 'tiles_total') or '0')
 if total > 0 then redis.call('HSET', KEYS[1], 'tiles_done', total) end
 redis.call('ZREM', KEYS[2], job_id)
@@ -222,7 +238,7 @@ refresh(ARGV[8], KEYS[1])
 return 'stored'
 """)
 
-#: KEYS job, queued, stream, dead, cancel
+#: KEYS job, queued, stream, dead, cancel, webhooks
 #: ARGV group, entry, job_id, reason, retry(0|1), max_attempts, now, consumer,
 #:      retry_idle_ms, min_dead_id, ttl
 #: -> 'queued' (will be re-delivered), 'failed', the current final status, or 'expired'
@@ -246,6 +262,7 @@ local message = reason
 if retry then message = 'failed after ' .. attempts .. ' attempts: ' .. reason end
 redis.call('HSET', KEYS[1], 'status', FAILED, 'error', message, '$last_error', reason,
   'finished_at', now)
+notify(KEYS[1], KEYS[6], job_id, now)
 redis.call('DEL', KEYS[5])
 redis.call('ZREM', KEYS[2], job_id)
 dead_letter(KEYS[4], ARGV[10], job_id, entry, message, attempts, ARGV[8], now)
@@ -254,7 +271,7 @@ refresh(ARGV[11], KEYS[1])
 return FAILED
 """)
 
-#: KEYS job, queued, cancel; ARGV job_id, now, ttl
+#: KEYS job, queued, cancel, webhooks; ARGV job_id, now, ttl
 #: -> the record's HGETALL after the call, or {} when unknown
 CANCEL: Final = _lua("""
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -262,6 +279,7 @@ if not status then return {} end
 if status == QUEUED then
   -- Its stream entry stays: the worker that receives it acks and skips it.
   redis.call('HSET', KEYS[1], 'status', CANCELLED, 'finished_at', ARGV[2])
+  notify(KEYS[1], KEYS[4], ARGV[1], ARGV[2])
   redis.call('ZREM', KEYS[2], ARGV[1])
   refresh(ARGV[3], KEYS[1])
 elseif status == RUNNING then
@@ -271,13 +289,14 @@ end
 return redis.call('HGETALL', KEYS[1])
 """)
 
-#: KEYS job, queued, stream, cancel; ARGV group, entry, job_id, now, ttl
+#: KEYS job, queued, stream, cancel, webhooks; ARGV group, entry, job_id, now, ttl
 #: -> the record's HGETALL after the call, or {} when expired
 MARK_CANCELLED: Final = _lua("""
 local group, entry, job_id = ARGV[1], ARGV[2], ARGV[3]
 local status = redis.call('HGET', KEYS[1], 'status')
 if status and not FINAL[status] then
   redis.call('HSET', KEYS[1], 'status', CANCELLED, 'finished_at', ARGV[4])
+  notify(KEYS[1], KEYS[5], job_id, ARGV[4])
   refresh(ARGV[5], KEYS[1])
 end
 redis.call('DEL', KEYS[4])

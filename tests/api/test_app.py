@@ -49,7 +49,14 @@ def test_openapi_documents_every_route_field_and_error() -> None:
     assert set(submit["responses"]) == statuses
     schemas = spec["components"]["schemas"]
     form = schemas["JobCreate"]["properties"]
-    assert set(form) == {"exposures", "exposure_values", "exposure_times", "tile_size", "model"}
+    assert set(form) == {
+        "exposures",
+        "exposure_values",
+        "exposure_times",
+        "tile_size",
+        "model",
+        "webhook_url",
+    }
     for schema in ("JobCreate", "JobPublic", "ModelPublic"):
         for name, field in schemas[schema]["properties"].items():
             if "$ref" not in field:

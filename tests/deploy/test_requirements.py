@@ -26,8 +26,11 @@ WORKER_ONLY = {"torch", "tqdm"}
 #: Distributions an interpreter loads merely because they are installed, which the API
 #: image does without: setuptools (its distutils-precedence.pth import hook) and
 #: cryptography (redis.utils imports it when present, for optional features; the test
-#: environment has it through moto, the S3 test server).
-LOADED_WHEN_PRESENT = {"setuptools", "cryptography"}
+#: environment has it through moto, the S3 test server); brotli, rich and pygments (httpx,
+#: the webhook dispatcher's client, imports its optional brotli decoder and its command-line
+#: tool's libraries when they are installed; the test environment has them through locust,
+#: schemathesis and pytest).
+LOADED_WHEN_PRESENT = {"setuptools", "cryptography", "brotli", "rich", "pygments"}
 #: What the `gpu` extra names -> what the GPU image installs instead (CUDA 13 TensorRT).
 GPU_EXTRA_RENAMED = {"tensorrt": "tensorrt-cu13"}
 

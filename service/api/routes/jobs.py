@@ -35,6 +35,7 @@ from service.imaging import MEDIA_TYPES, ExrDtype, ResultFormat, decode_exr, enc
 from service.metrics import ApiMetrics
 from service.queue import Broker, JobRecord, JobState
 from service.storage import BlobNotFound, BlobStore, result_name
+from service.webhooks.guard import accept_webhook_url
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,7 @@ async def _submit(
         tile_size = check_tile_size(
             form.tile_size, submission.width, submission.height, catalog.tile_overlap(model)
         )
+        webhook_url = await accept_webhook_url(form.webhook_url, settings)
         record = await broker.submit(
             submission.params(tile_size),
             submission.files,
@@ -114,6 +116,7 @@ async def _submit(
             model=model,
             width=submission.width,
             height=submission.height,
+            webhook_url=webhook_url,
         )
     except ServiceError as exc:
         metrics.jobs_rejected.labels(code=exc.code).inc()
