@@ -72,6 +72,27 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, ge=1, description="Deliveries before a job is dead-lettered.")
     max_queue_length: int = Field(100, ge=1, description="Queued jobs beyond which POST is 429.")
 
+    # --- blob store ----------------------------------------------------------------------
+    storage_url: str | None = Field(
+        None,
+        description="Where uploads and results live: file:///dir (a local or shared"
+        " directory) or s3://bucket/prefix. `serve` defaults to a folder next to its"
+        " embedded Redis; `api` and `worker` refuse to start without it.",
+    )
+    presign_seconds: int = Field(
+        300,
+        ge=1,
+        le=7 * 24 * 3600,
+        description="Lifetime of the presigned URL a result download is redirected to"
+        " (307) when the store has them (S3).",
+    )
+    sweep_interval_seconds: float = Field(
+        600.0,
+        gt=0,
+        description="How often a worker sweeps the blob store for blobs of expired jobs"
+        " (capped at the job TTL, so that no orphan outlives twice the TTL).",
+    )
+
     # --- API limits and auth -------------------------------------------------------------
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated API keys; empty disables auth."
@@ -86,6 +107,13 @@ class Settings(BaseSettings):
         ge=1,
         description="Largest accepted HTTP request body, checked before the multipart parser"
         " buffers it; default: three exposures of max_upload_bytes plus 1 MiB of form fields.",
+    )
+
+    max_concurrent_uploads: int = Field(
+        8,
+        ge=1,
+        description="Submissions the API reads and stores at once; past it POST answers"
+        " 503 with Retry-After (bounds the API's memory and temporary disk).",
     )
 
     # --- HTTP API ------------------------------------------------------------------------
