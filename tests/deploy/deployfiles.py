@@ -3,11 +3,14 @@ interpolation, kustomize (through kubectl's built-in kustomize), env files."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
@@ -25,6 +28,10 @@ DOCKERIGNORE = REPO / ".dockerignore"
 COMPOSE = REPO / "docker-compose.yml"
 K8S = REPO / "k8s"
 OVERLAYS = ("cpu", "gpu")
+#: The bucket script of compose's minio-init and of the k8s minio component's Job.
+CREATE_BUCKET = K8S / "components" / "minio" / "create-bucket.sh"
+#: The lifecycle rule operators give their own bucket (the in-cluster MinIO gets its own).
+BUCKET_LIFECYCLE = K8S / "bucket-lifecycle.json"
 #: The Dockerfile's final targets and the hdr-service command each runs.
 TARGETS = {"api": "api", "worker": "worker", "worker-cpu": "worker"}
 
@@ -216,14 +223,61 @@ def read_env_file(path: Path) -> dict[str, str]:
     return out
 
 
-def redis_directives(path: Path) -> dict[str, str]:
+def redis_directives(source: Path | str) -> dict[str, str]:
+    """Directive -> value of a redis.conf (a file, or its text; lower-case directives)."""
+    text = source.read_text() if isinstance(source, Path) else source
     out = {}
-    for raw in path.read_text().splitlines():
+    for raw in text.splitlines():
         line = raw.strip()
         if line and not line.startswith("#"):
             key, _, value = line.partition(" ")
             out[key.lower()] = value.strip()
     return out
+
+
+# ---------------------------------------------------------------------- bucket lifecycle
+
+
+def expiry_days(ttl_seconds: int) -> int:
+    """Days after which the lifecycle rule expires a job's objects: 2 x TTL, rounded up
+    (S3 lifecycle rules count in whole days)."""
+    return math.ceil(2 * ttl_seconds / 86400)
+
+
+def lifecycle_rules(text: str, bucket: str) -> list[dict[str, Any]]:
+    """The rules of a lifecycle configuration (JSON, as `aws s3api
+    put-bucket-lifecycle-configuration` and `mc ilm rule import` take it), checked against
+    the S3 API model that boto3 sends requests by: a misspelt field fails here."""
+    from botocore.session import get_session
+    from botocore.validate import validate_parameters
+
+    configuration = json.loads(text)
+    operation = (
+        get_session().get_service_model("s3").operation_model("PutBucketLifecycleConfiguration")
+    )
+    validate_parameters(
+        {"Bucket": bucket, "LifecycleConfiguration": configuration}, operation.input_shape
+    )
+    rules: list[dict[str, Any]] = configuration["Rules"]
+    return rules
+
+
+# ---------------------------------------------------------------------- Redis sizing
+
+#: Redis memory a job takes while its record lives (README.md, "Sizing Redis"): its state,
+#: measured with MEMORY USAGE at 1.2 KiB (record, queued) to 2.5 KiB (failed: record,
+#: idempotency key, stream and dead-letter entries), rounded up to 4 KiB; times a margin of
+#: 2 for allocator fragmentation and long error texts.
+JOB_STATE_BYTES = 4 * 1024
+STATE_MARGIN = 2
+#: Jobs one GPU worker finishes per second at 1000x1500 (README.md: 1 to 1.5).
+JOBS_PER_SECOND_PER_WORKER = 1.5
+
+
+def redis_memory_needed(workers: int, ttl_seconds: int) -> float:
+    """maxmemory for the job state of one TTL window at full speed (the README formula)."""
+    jobs = workers * JOBS_PER_SECOND_PER_WORKER * ttl_seconds
+    return jobs * JOB_STATE_BYTES * STATE_MARGIN
 
 
 # ---------------------------------------------------------------------- kustomize
@@ -233,21 +287,51 @@ def kustomizations() -> Iterator[Path]:
     yield from sorted(K8S.rglob("kustomization.yaml"))
 
 
-@cache
-def render(overlay: str) -> tuple[dict[str, Any], ...]:
-    """``kubectl kustomize k8s/overlays/<overlay>``: every resource of the overlay."""
+def _kustomize(folder: Path, what: str) -> tuple[dict[str, Any], ...]:
     if KUBECTL is None:
         raise RuntimeError("kubectl is not installed")
     result = subprocess.run(
-        [KUBECTL, "kustomize", str(K8S / "overlays" / overlay)],
+        [KUBECTL, "kustomize", str(folder)],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
     if result.returncode != 0:
-        raise AssertionError(f"kustomize build of {overlay} failed:\n{result.stderr}")
+        raise AssertionError(f"kustomize build of {what} failed:\n{result.stderr}")
     return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
+
+
+@cache
+def render(overlay: str, components: tuple[str, ...] = ()) -> tuple[dict[str, Any], ...]:
+    """``kubectl kustomize k8s/overlays/<overlay>``: every resource of the overlay.
+
+    ``components`` (folders of k8s/components) are added to the overlay's `components:`
+    list, as an operator includes an optional one: in a copy of the overlay's folder, whose
+    paths out of the folder are rewritten to point back (kustomize only lets a folder, not
+    a file, lie outside the kustomization's root, and refuses absolute paths).
+    """
+    source = K8S / "overlays" / overlay
+    if not components:
+        return _kustomize(source, overlay)
+    with tempfile.TemporaryDirectory(prefix="kustomize-") as tmp:
+        folder = Path(tmp)
+        for path in source.iterdir():
+            shutil.copy(path, folder / path.name)
+
+        def back(name: str) -> str:
+            if not name.startswith(".."):
+                return name
+            return os.path.relpath((source / name).resolve(), folder)
+
+        kustomization = yaml.safe_load((source / "kustomization.yaml").read_text())
+        kustomization["resources"] = [back(r) for r in kustomization.get("resources", [])]
+        kustomization["components"] = [back(c) for c in kustomization.get("components", [])]
+        kustomization["components"] += [
+            os.path.relpath(K8S / "components" / name, folder) for name in components
+        ]
+        (folder / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+        return _kustomize(folder, f"{overlay} with {', '.join(components)}")
 
 
 def find(docs: tuple[dict[str, Any], ...], kind: str, name: str | None = None) -> list[dict]:
@@ -263,14 +347,53 @@ def one(docs: tuple[dict[str, Any], ...], kind: str, name: str) -> dict[str, Any
 
 
 def pod_templates(docs: tuple[dict[str, Any], ...]) -> Iterator[tuple[str, dict[str, Any]]]:
-    """(workload name, pod template) of every Deployment and StatefulSet."""
+    """(workload name, pod template) of every Deployment, StatefulSet and Job."""
     for doc in docs:
-        if doc["kind"] in ("Deployment", "StatefulSet"):
+        if doc["kind"] in ("Deployment", "StatefulSet", "Job"):
             yield doc["metadata"]["name"], doc["spec"]["template"]
 
 
-def settings_configmap(docs: tuple[dict[str, Any], ...]) -> dict[str, str]:
-    maps = [d for d in find(docs, "ConfigMap") if d["metadata"]["name"].startswith("afunet-config")]
+def generated_configmap(docs: tuple[dict[str, Any], ...], name: str) -> dict[str, Any]:
+    """The ConfigMap a configMapGenerator named ``name`` made (its name has a hash)."""
+    maps = [d for d in find(docs, "ConfigMap") if d["metadata"]["name"].rsplit("-", 1)[0] == name]
     assert len(maps) == 1, [d["metadata"]["name"] for d in maps]
-    data: dict[str, str] = maps[0]["data"]
+    return maps[0]
+
+
+def settings_configmap(docs: tuple[dict[str, Any], ...]) -> dict[str, str]:
+    data: dict[str, str] = generated_configmap(docs, "afunet-config")["data"]
     return data
+
+
+_UNITS = {
+    "": 1,
+    "k": 1000,
+    "kb": 1024,
+    "m": 1000**2,
+    "mb": 1024**2,
+    "g": 1000**3,
+    "gb": 1024**3,
+}
+_QUANTITY_UNITS = {
+    "": 1,
+    "k": 1000,
+    "M": 1000**2,
+    "G": 1000**3,
+    "Ki": 1024,
+    "Mi": 1024**2,
+    "Gi": 1024**3,
+}
+
+
+def redis_bytes(value: str) -> int:
+    """A redis.conf memory size (``256mb``: mb = MiB, m = 10^6, case-insensitive)."""
+    match = re.fullmatch(r"(\d+)([a-z]*)", value.strip().lower())
+    assert match and match[2] in _UNITS, f"not a Redis memory size: {value!r}"
+    return int(match[1]) * _UNITS[match[2]]
+
+
+def quantity_bytes(value: str | int) -> int:
+    """A Kubernetes memory quantity (``640Mi``, ``2Gi``, ``512M``) in bytes."""
+    match = re.fullmatch(r"(\d+)([A-Za-z]*)", str(value).strip())
+    assert match and match[2] in _QUANTITY_UNITS, f"not a memory quantity: {value!r}"
+    return int(match[1]) * _QUANTITY_UNITS[match[2]]

@@ -12,6 +12,7 @@ import json
 import re
 from importlib.resources import files
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema
 import pytest
@@ -21,18 +22,23 @@ from service.config import Settings
 from service.engines.registry import CONFIG_SETTINGS
 from service.metrics import NAMESPACE
 from tests.deploy.deployfiles import (
+    CREATE_BUCKET,
     REPO,
     compose_default,
     compose_document,
     interpolate,
+    redis_bytes,
     redis_directives,
+    redis_memory_needed,
     setting_fields,
 )
 
 #: Settings fixed to a container-side value (mount paths, the in-container ports the health
-#: checks and Prometheus targets use, the Compose network's Redis) instead of the default.
+#: checks and Prometheus targets use, the Compose network's Redis and MinIO bucket) instead
+#: of the default.
 FIXED = {
     "HDR_REDIS_URL": "redis://redis:6379/0",
+    "HDR_STORAGE_URL": "s3://afunet/",
     "HDR_MODEL_REPO": "/opt/hdr/model_repo",
     "HDR_ENGINE_CACHE": "/var/cache/hdr/engines",
     "HDR_API_HOST": "0.0.0.0",
@@ -45,6 +51,8 @@ FIXED = {
 NOT_IN_COMPOSE = {"embedded_redis_dir"}
 API_SERVICES = ("api",)
 WORKER_SERVICES = ("worker", "worker-cpu")
+#: The S3 client's standard variables (boto3's, not settings) the API and workers get.
+S3_VARIABLES = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "AWS_ENDPOINT_URL"}
 DASHBOARD = REPO / "docker" / "grafana" / "dashboards" / "afunet-service.json"
 
 
@@ -84,8 +92,14 @@ def test_schema_check_rejects_a_broken_compose_file(
 def test_services_start_after_their_dependencies_are_healthy(compose: dict[str, Any]) -> None:
     services = compose["services"]
     assert set(services) >= {"redis", "api", "worker", "worker-cpu", "prometheus", "grafana"}
+    assert set(services) >= {"minio", "minio-init"}
     for name in (*API_SERVICES, *WORKER_SERVICES):
-        assert services[name]["depends_on"]["redis"] == {"condition": "service_healthy"}, name
+        assert services[name]["depends_on"] == {
+            "redis": {"condition": "service_healthy"},
+            # The bucket and its lifecycle rule exist before the first upload.
+            "minio-init": {"condition": "service_completed_successfully"},
+        }, name
+    assert services["minio-init"]["depends_on"] == {"minio": {"condition": "service_healthy"}}
     assert services["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
     for name, service in services.items():
         for dependency, how in (service.get("depends_on") or {}).items():
@@ -107,6 +121,15 @@ def test_redis_persists_and_never_evicts(compose: dict[str, Any]) -> None:
         assert conf["dir"] == "/data"
     for directive in ("appendonly", "appendfsync", "maxmemory-policy", "save", "port", "dir"):
         assert compose_conf[directive] == cluster_conf[directive], directive
+
+
+def test_redis_memory_fits_the_job_state_of_a_ttl_window(compose: dict[str, Any]) -> None:
+    ttl = int(interpolate(compose)["services"]["api"]["environment"]["HDR_JOB_TTL_SECONDS"])
+    maxmemory = redis_bytes(redis_directives(REPO / "docker" / "redis" / "redis.conf")["maxmemory"])
+    # One GPU worker: the `worker` service reserves one GPU (copy it per further GPU).
+    assert maxmemory >= redis_memory_needed(1, ttl)
+    # ...and no longer the gigabytes that uploads and results took.
+    assert maxmemory <= 4 * redis_memory_needed(1, ttl)
 
 
 def test_gpu_worker_reserves_a_gpu_and_cpu_worker_runs_without(compose: dict[str, Any]) -> None:
@@ -133,8 +156,10 @@ def test_every_setting_comes_from_the_environment_with_its_default(
     envs = {name: services[name]["environment"] for name in (*API_SERVICES, *WORKER_SERVICES)}
     seen: set[str] = set()
     for service, env in envs.items():
+        assert {v for v in env if not v.startswith("HDR_")} == S3_VARIABLES, service
         for variable, value in env.items():
-            assert variable.startswith("HDR_"), f"{service}: {variable}"
+            if variable in S3_VARIABLES:
+                continue
             field = variable[4:].lower()
             assert field in Settings.model_fields, f"{service}: {variable} is no setting"
             seen.add(field)
@@ -162,10 +187,11 @@ def test_every_service_environment_is_valid_settings(compose: dict[str, Any]) ->
         env = {
             k[4:].lower(): str(v)
             for k, v in resolved["services"][name]["environment"].items()
-            if v is not None
+            if v is not None and k.startswith("HDR_")
         }
         settings = Settings.model_validate(env)
         assert settings.redis_url == "redis://redis:6379/0"
+        assert settings.storage_url == "s3://afunet/"
 
 
 def test_ports_and_scrape_targets_agree_with_the_settings(compose: dict[str, Any]) -> None:
@@ -270,3 +296,75 @@ def test_compose_publishes_monitoring_on_loopback_by_default(compose: dict[str, 
 
 def test_redis_is_not_published(compose: dict[str, Any]) -> None:
     assert "ports" not in compose["services"]["redis"]
+
+
+# ---------------------------------------------------------------------- the blob store
+
+
+def _image_is_pinned(image: str) -> None:
+    name, _, tag = image.rpartition(":")
+    assert name and tag and tag != "latest" and "/" not in tag, f"{image} is not pinned"
+
+
+def test_minio_keeps_its_data_and_reports_health(compose: dict[str, Any]) -> None:
+    minio = interpolate(compose)["services"]["minio"]
+    _image_is_pinned(minio["image"])
+    assert minio["image"].rsplit(":", 1)[1].startswith("RELEASE.")
+    assert minio["command"] == ["server", "/data"]
+    assert "minio-data:/data" in minio["volumes"]
+    assert "minio-data" in compose["volumes"]
+    # The image has no curl: its own mc asks the server's health endpoint.
+    assert minio["healthcheck"]["test"] == ["CMD", "mc", "ready", "local"]
+    # MinIO ignores AbortIncompleteMultipartUpload rules; this is its own 1-day abort.
+    assert minio["environment"]["MINIO_API_STALE_UPLOADS_EXPIRY"] == "24h"
+    assert "ports" not in minio, "MinIO stays inside the compose network"
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [{}, {"AWS_ACCESS_KEY_ID": "operator-key", "AWS_SECRET_ACCESS_KEY": "operator-secret-1"}],
+    ids=["defaults", "from-env"],
+)
+def test_api_and_workers_use_minio_with_its_root_key(
+    compose: dict[str, Any], environ: dict[str, str]
+) -> None:
+    services = interpolate(compose, environ)["services"]
+    minio = services["minio"]["environment"]
+    for name in (*API_SERVICES, *WORKER_SERVICES):
+        env = services[name]["environment"]
+        assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == (
+            minio["MINIO_ROOT_USER"],
+            minio["MINIO_ROOT_PASSWORD"],
+        ), name
+        endpoint = urlsplit(env["AWS_ENDPOINT_URL"])
+        # MinIO serves S3 on its default port 9000 (no --address in its command).
+        assert (endpoint.scheme, endpoint.hostname, endpoint.port) == ("http", "minio", 9000)
+        assert env["AWS_REGION"]
+        assert urlsplit(env["HDR_STORAGE_URL"]).scheme == "s3", name
+    for value in environ.values():
+        assert value in minio.values()
+    # MinIO refuses root credentials shorter than 3 (user) and 8 (password) characters.
+    assert len(minio["MINIO_ROOT_USER"]) >= 3 and len(minio["MINIO_ROOT_PASSWORD"]) >= 8
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [{}, {"HDR_STORAGE_URL": "s3://other/pre", "HDR_JOB_TTL_SECONDS": "3600"}],
+    ids=["defaults", "from-env"],
+)
+def test_minio_init_creates_the_bucket_the_service_uses(
+    compose: dict[str, Any], environ: dict[str, str]
+) -> None:
+    services = interpolate(compose, environ)["services"]
+    init = services["minio-init"]
+    _image_is_pinned(init["image"])
+    assert init["restart"] == "no", "a one-shot job"
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in init["volumes"]}
+    script = init["entrypoint"][-1]
+    assert init["entrypoint"] == ["/bin/sh", script]
+    assert (REPO / mounts[script]).resolve() == CREATE_BUCKET.resolve()
+    # The script sees exactly the store, TTL and key the API and the workers see.
+    for name in (*API_SERVICES, *WORKER_SERVICES):
+        env = services[name]["environment"]
+        for variable in ("HDR_STORAGE_URL", "HDR_JOB_TTL_SECONDS", *S3_VARIABLES):
+            assert init["environment"][variable] == env[variable], f"{name}: {variable}"

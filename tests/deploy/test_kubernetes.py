@@ -24,13 +24,24 @@ from service.cli import build_parser
 from service.config import Settings
 from service.queue.keys import GROUP, Keys
 from tests.deploy.deployfiles import (
+    BUCKET_LIFECYCLE,
+    CREATE_BUCKET,
     K8S,
     KUBECTL,
     OVERLAYS,
+    compose_document,
+    expiry_days,
     find,
+    generated_configmap,
+    interpolate,
     kustomizations,
+    lifecycle_rules,
     one,
     pod_templates,
+    quantity_bytes,
+    redis_bytes,
+    redis_directives,
+    redis_memory_needed,
     render,
     settings_configmap,
 )
@@ -39,7 +50,9 @@ from tests.deploy.deployfiles import (
 KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 CUSTOM_KINDS = {"ScaledObject", "TriggerAuthentication", "ServiceMonitor"}
 SECRET = "afunet-secrets"
-SECRET_KEYS = {"HDR_API_KEYS", "REDIS_PASSWORD"}
+SECRET_KEYS = {"HDR_API_KEYS", "REDIS_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+#: The blob store's key in the Secret: optional for the service (workload identity instead).
+S3_KEYS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
 WORKER_CHECK = ["hdr-service", "worker", "--check"]
 
 needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl (built-in kustomize) missing")
@@ -504,6 +517,10 @@ def test_worker_probes_are_its_exec_check_and_its_health_port(
 def test_every_container_has_requests_limits_and_runs_unprivileged(
     docs: tuple[dict[str, Any], ...],
 ) -> None:
+    _check_unprivileged(docs)
+
+
+def _check_unprivileged(docs: tuple[dict[str, Any], ...]) -> None:
     for name, template in pod_templates(docs):
         spec = template["spec"]
         assert spec["securityContext"]["runAsNonRoot"] is True, name
@@ -728,3 +745,163 @@ def test_redis_keeps_its_data_on_a_volume(docs: tuple[dict[str, Any], ...]) -> N
     )
     assert "appendonly yes" in config["data"]["redis.conf"]
     assert "maxmemory-policy noeviction" in config["data"]["redis.conf"]
+
+
+# ---------------------------------------------------------------------- the blob store
+
+
+def test_both_processes_reach_the_blob_store(docs: tuple[dict[str, Any], ...]) -> None:
+    settings = _settings(docs)
+    assert settings.storage_url is not None and urlsplit(settings.storage_url).scheme == "s3"
+    storage = generated_configmap(docs, "afunet-storage")
+    # boto3's own variables; AWS S3 itself needs a region and no endpoint.
+    assert set(storage["data"]) == {"AWS_REGION"}
+    for name in ("afunet-api", "afunet-worker"):
+        container = _container(docs, "Deployment", name)
+        sources = [source["configMapRef"]["name"] for source in container["envFrom"]]
+        assert storage["metadata"]["name"] in sources, name
+        env = _env(container)
+        for key in S3_KEYS:
+            # Optional: without a key in the Secret, boto3 uses the pod's workload identity.
+            ref = env[key]["valueFrom"]["secretKeyRef"]
+            assert (ref["name"], ref["key"], ref.get("optional")) == (SECRET, key, True), name
+
+
+def test_bucket_lifecycle_file_matches_the_settings(docs: tuple[dict[str, Any], ...]) -> None:
+    settings = _settings(docs)
+    assert settings.storage_url is not None
+    prefix = urlsplit(settings.storage_url).path.strip("/")
+    (rule,) = lifecycle_rules(BUCKET_LIFECYCLE.read_text(), bucket="afunet")
+    assert rule["Filter"] == {"Prefix": f"{prefix}/jobs/" if prefix else "jobs/"}
+    assert rule["Expiration"] == {"Days": expiry_days(settings.job_ttl_seconds)}
+    assert rule["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1}
+
+
+def test_api_spool_holds_the_uploads_it_takes_at_once(docs: tuple[dict[str, Any], ...]) -> None:
+    settings = _settings(docs)
+    spec = one(docs, "Deployment", "afunet-api")["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == "/tmp")
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    spooled = settings.max_concurrent_uploads * 3 * settings.max_upload_bytes
+    assert quantity_bytes(volume["emptyDir"]["sizeLimit"]) >= spooled
+
+
+def test_redis_memory_fits_the_job_state_of_a_ttl_window(
+    docs: tuple[dict[str, Any], ...],
+) -> None:
+    settings = _settings(docs)
+    workers = one(docs, "ScaledObject", "afunet-worker")["spec"]["maxReplicaCount"]
+    conf = redis_directives(generated_configmap(docs, "afunet-redis-config")["data"]["redis.conf"])
+    maxmemory = redis_bytes(conf["maxmemory"])
+    assert maxmemory >= redis_memory_needed(workers, settings.job_ttl_seconds)
+    resources = _container(docs, "StatefulSet", "afunet-redis")["resources"]
+    limit = quantity_bytes(resources["limits"]["memory"])
+    assert quantity_bytes(resources["requests"]["memory"]) == limit
+    # Room for the AOF rewrite's fork (it copies the pages written meanwhile), no more.
+    assert 2 * maxmemory <= limit <= 4 * maxmemory
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def minio_docs(request: pytest.FixtureRequest) -> tuple[dict[str, Any], ...]:
+    """An overlay with the optional `minio` component added to its components."""
+    if KUBECTL is None:
+        pytest.skip("kubectl (built-in kustomize) is not installed")
+    return render(str(request.param), ("minio",))
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_minio_component_renders_and_validates(
+    minio_docs: tuple[dict[str, Any], ...], version: str
+) -> None:
+    kinds = {doc["kind"] for doc in minio_docs}
+    assert {"Job", "PersistentVolumeClaim", "NetworkPolicy"} <= kinds
+    one(minio_docs, "Deployment", "afunet-minio")
+    for doc in minio_docs:
+        _validate(doc, version)
+        if doc["kind"] != "Namespace":
+            assert doc["metadata"]["namespace"] == "afunet", doc["metadata"]["name"]
+    _check_unprivileged(minio_docs)
+
+
+def test_minio_component_points_the_service_at_its_server(
+    minio_docs: tuple[dict[str, Any], ...],
+) -> None:
+    storage = generated_configmap(minio_docs, "afunet-storage")["data"]
+    endpoint = urlsplit(storage["AWS_ENDPOINT_URL"])
+    service = one(minio_docs, "Service", str(endpoint.hostname))
+    (port,) = service["spec"]["ports"]
+    assert endpoint.port == port["port"]
+    pods = _pod_labels(minio_docs)
+    selector = {"matchLabels": service["spec"]["selector"]}
+    assert {p for p, labels in pods.items() if _selects(selector, labels)} == {"afunet-minio"}
+    deployment = one(minio_docs, "Deployment", "afunet-minio")
+    (minio,) = deployment["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in minio["ports"]}
+    assert ports[port["targetPort"]] == 9000, "MinIO serves S3 on 9000 unless told otherwise"
+    # Its root user is the key the service signs with.
+    env = _env(minio)
+    for variable, key in (
+        ("MINIO_ROOT_USER", "AWS_ACCESS_KEY_ID"),
+        ("MINIO_ROOT_PASSWORD", "AWS_SECRET_ACCESS_KEY"),
+    ):
+        assert env[variable]["valueFrom"]["secretKeyRef"] == {"name": SECRET, "key": key}
+    assert env["MINIO_API_STALE_UPLOADS_EXPIRY"]["value"] == "24h"
+    assert minio["livenessProbe"]["httpGet"] == {"path": "/minio/health/live", "port": "s3"}
+    assert minio["readinessProbe"]["httpGet"] == {"path": "/minio/health/ready", "port": "s3"}
+    # One server on a ReadWriteOnce claim: the old pod goes before the new one mounts it.
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+    data = next(m for m in minio["volumeMounts"] if m["mountPath"] == "/data")
+    claim = one(
+        minio_docs,
+        "PersistentVolumeClaim",
+        volumes[data["name"]]["persistentVolumeClaim"]["claimName"],
+    )
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    # The same MinIO release as docker compose runs.
+    compose = interpolate(compose_document())["services"]
+    assert minio["image"] == compose["minio"]["image"]
+
+
+def test_minio_setup_job_runs_the_bucket_script_with_the_service_settings(
+    minio_docs: tuple[dict[str, Any], ...],
+) -> None:
+    job = one(minio_docs, "Job", "afunet-minio-setup")
+    spec = job["spec"]["template"]["spec"]
+    assert spec["restartPolicy"] == "OnFailure" and job["spec"]["backoffLimit"] >= 1
+    # A finished Job deletes itself, so that the next apply runs it again.
+    assert job["spec"]["ttlSecondsAfterFinished"] > 0
+    (container,) = spec["containers"]
+    shell, script = container["command"]
+    assert shell == "/bin/sh"
+    folder, _, file_name = script.rpartition("/")
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == folder)
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    config = one(minio_docs, "ConfigMap", volume["configMap"]["name"])
+    assert config["data"][file_name] == CREATE_BUCKET.read_text()
+    # It reads the settings and the endpoint the API and the workers read.
+    api = _container(minio_docs, "Deployment", "afunet-api")
+    assert container["envFrom"] == api["envFrom"]
+    env = _env(container)
+    for key in S3_KEYS:
+        assert env[key]["valueFrom"]["secretKeyRef"] == {"name": SECRET, "key": key}
+    compose = interpolate(compose_document())["services"]
+    assert container["image"] == compose["minio-init"]["image"]
+
+
+def test_only_the_service_and_its_setup_job_reach_minio(
+    minio_docs: tuple[dict[str, Any], ...],
+) -> None:
+    policy = one(minio_docs, "NetworkPolicy", "afunet-minio")
+    pods = _pod_labels(minio_docs)
+    protected = {p for p, labels in pods.items() if _selects(policy["spec"]["podSelector"], labels)}
+    assert protected == {"afunet-minio"}
+    (port,) = one(minio_docs, "Service", "afunet-minio")["spec"]["ports"]
+    allowed = set()
+    for rule in policy["spec"]["ingress"]:
+        assert [p["port"] for p in rule["ports"]] == [port["port"]]
+        for peer in rule["from"]:
+            allowed |= {p for p, labels in pods.items() if _selects(peer["podSelector"], labels)}
+    assert allowed == {"afunet-api", "afunet-worker", "afunet-minio-setup"}
