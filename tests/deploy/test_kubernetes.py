@@ -50,7 +50,13 @@ from tests.deploy.deployfiles import (
 KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 CUSTOM_KINDS = {"ScaledObject", "TriggerAuthentication", "ServiceMonitor"}
 SECRET = "afunet-secrets"
-SECRET_KEYS = {"HDR_API_KEYS", "REDIS_PASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+SECRET_KEYS = {
+    "HDR_API_KEYS",
+    "REDIS_PASSWORD",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "HDR_WEBHOOK_SECRET",
+}
 #: The blob store's key in the Secret: optional for the service (workload identity instead).
 S3_KEYS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
 WORKER_CHECK = ["hdr-service", "worker", "--check"]
