@@ -22,7 +22,6 @@ from service.api.errors import (
     BodyTimeout,
     RequestTooLarge,
     Unavailable,
-    error_response,
     handle_service_error,
 )
 from service.errors import ServiceError
@@ -122,17 +121,40 @@ UNMATCHED = "unmatched"
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
-async def _reject(scope: Scope, receive: Receive, send: Send, error: ServiceError) -> None:
-    """Answer ``error`` and close the connection: the rest of the body is never read."""
-    response = error_response(error.http_status, error.code, error.message)
-    response.headers["Connection"] = "close"
-    await response(scope, receive, send)
+class _Tripwire:
+    """Runs the app with a ``receive`` that may trip with a :class:`ServiceError`; once it
+    has tripped, whatever the app answers (FastAPI reports a failed body read as a 400) is
+    replaced by that error's answer, and the connection is closed."""
 
+    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.scope, self.receive, self.send = scope, receive, send
+        self.error: ServiceError | None = None
+        self.started = False
 
-async def _reject_too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
-    await _reject(
-        scope, receive, send, RequestTooLarge(f"request body exceeds the limit of {limit} bytes")
-    )
+    def trip(self, error: ServiceError) -> ServiceError:
+        self.error = error
+        return error
+
+    async def _guarded_send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            if self.started:
+                return
+            self.started = True
+            if self.error is not None:
+                await _answer_error(self.scope, self.receive, self.send, self.error)
+                return
+        elif self.error is not None:
+            return  # the body of the answer the error replaced
+        await self.send(message)
+
+    async def run(self, app: ASGIApp, receive: Receive) -> None:
+        try:
+            await app(self.scope, receive, self._guarded_send)
+        except ServiceError as exc:
+            if exc is not self.error:
+                raise
+            if not self.started:
+                await _answer_error(self.scope, self.receive, self.send, exc)
 
 
 class BodySizeLimit:
@@ -154,41 +176,23 @@ class BodySizeLimit:
             await self.app(scope, receive, send)
             return
         declared = _content_length(scope)
+        too_large = RequestTooLarge(f"request body exceeds the limit of {self.max_bytes} bytes")
         if declared is not None and declared > self.max_bytes:
-            await _reject_too_large(scope, receive, send, self.max_bytes)
+            await _answer_error(scope, receive, send, too_large)
             return
+        wire = _Tripwire(scope, receive, send)
         received = 0
-        tripped = False
-        started = False
 
         async def limited_receive() -> Message:
-            nonlocal received, tripped
+            nonlocal received
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    tripped = True
-                    raise RequestTooLarge(f"request body exceeds the limit of {self.max_bytes}")
+                    raise wire.trip(too_large)
             return message
 
-        async def guarded_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                if started:
-                    return
-                started = True
-                if tripped:
-                    await _reject_too_large(scope, receive, send, self.max_bytes)
-                    return
-            elif tripped:
-                return  # the body of the answer the 413 replaced
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, guarded_send)
-        except RequestTooLarge:
-            if not started:
-                await _reject_too_large(scope, receive, send, self.max_bytes)
+        await wire.run(self.app, limited_receive)
 
 
 class BodyReadTimeout:
@@ -213,49 +217,30 @@ class BodyReadTimeout:
             await self.app(scope, receive, send)
             return
         error = BodyTimeout(f"no request body received for {self.seconds:g} s")
-        body_done = tripped = started = False
+        wire = _Tripwire(scope, receive, send)
+        body_done = False
 
         async def timed_receive() -> Message:
-            nonlocal body_done, tripped
+            nonlocal body_done
             if body_done:
                 return await receive()
             try:
                 message = await asyncio.wait_for(receive(), self.seconds)
             except TimeoutError:
-                tripped = True
-                raise error from None
+                raise wire.trip(error) from None
             if message["type"] != "http.request" or not message.get("more_body", False):
                 body_done = True
             return message
 
-        async def guarded_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                if started:
-                    return
-                started = True
-                if tripped:
-                    await _reject(scope, receive, send, error)
-                    return
-            elif tripped:
-                return  # the body of the answer the 408 replaced
-            await send(message)
-
-        try:
-            await self.app(scope, timed_receive, guarded_send)
-        except BodyTimeout:
-            if not started:
-                await _reject(scope, receive, send, error)
+        await wire.run(self.app, timed_receive)
 
 
 def _content_length(scope: Scope) -> int | None:
-    for name, value in scope.get("headers", ()):
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
+    value = _header(scope, b"content-length")
+    try:
+        return None if value is None else int(value)
+    except ValueError:
+        return None
 
 
 class RequestMetrics:
