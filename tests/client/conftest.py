@@ -14,11 +14,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 
-from service.queue import Keys
 from tests.factories import write_model_repo
-from tests.worker.harness import serving, wait_for
+from tests.worker.harness import delete_keys, serving, wait_for
 
 #: Tile edge of the test repository: several tiles for the 100x72 golden frames.
 TILE_SIZE = 32
@@ -59,10 +57,4 @@ def served(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             wait_for(lambda: _afunet_ready(client), 120, "serve with a ready worker", 0.3)
             yield Served(str(client.base_url).rstrip("/"), log)
     finally:
-        cleanup = redis.Redis.from_url(redis_url)
-        try:
-            keys = list(cleanup.scan_iter(match=Keys(prefix).all_keys_pattern(), count=500))
-            if keys:
-                cleanup.delete(*keys)
-        finally:
-            cleanup.close()
+        delete_keys(redis_url, prefix)

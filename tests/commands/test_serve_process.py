@@ -9,7 +9,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,8 +21,8 @@ import redis
 from service.commands.serve import EmbeddedRedis, _redis_executable, embedded_redis
 from service.config import Settings
 from service.queue import Keys
-from tests.factories import REPO, free_port
-from tests.worker.harness import wait_for
+from tests.factories import REPO
+from tests.worker.harness import start_serve, wait_for
 
 #: How long the children of a killed serve may take to exit.
 ORPHAN_GRACE_SECONDS = 10.0
@@ -78,25 +77,11 @@ def _running(pids: set[int]) -> set[int]:
 def _serve(repo: Path, data: Path, log: Path) -> Iterator[subprocess.Popen]:
     """`serve` with its embedded Redis kept in ``data``, once its worker is ready; the
     caller ends it (the block only makes sure it does not outlive the test)."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HDR_")}
-    env |= {
-        "HDR_MODEL_REPO": str(repo),
-        "HDR_EMBEDDED_REDIS_DIR": str(data),
-        "HDR_WORKER_METRICS_PORT": "0",
-        "HDR_HEARTBEAT_INTERVAL_SECONDS": "0.5",
-        "PYTHONUNBUFFERED": "1",
-    }
-    with log.open("wb") as out:
-        serve = subprocess.Popen(
-            [sys.executable, "-m", "service", "serve", "--port", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    serve, url = start_serve(
+        repo, log, HDR_EMBEDDED_REDIS_DIR=str(data), HDR_HEARTBEAT_INTERVAL_SECONDS="0.5"
+    )
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        with httpx.Client(base_url=url, timeout=10) as client:
 
             def ready() -> bool:
                 assert serve.poll() is None, log.read_text()

@@ -52,12 +52,9 @@ def wait_for(probe: Callable[[], T | None], timeout: float, what: str, interval:
         time.sleep(interval)
 
 
-@contextmanager
-def serving(
-    repo: Path, log: Path, stop_timeout: float = 60, **env: str
-) -> Iterator[tuple[httpx.Client, subprocess.Popen]]:
-    """``hdr-service serve`` on a free port with no HDR_* but ``env``, its output in ``log``;
-    stopped with SIGTERM, which must exit 0 within ``stop_timeout``, when the block ends."""
+def start_serve(repo: Path, log: Path, **env: str) -> tuple[subprocess.Popen, str]:
+    """Start ``hdr-service serve`` on a free port with no HDR_* but ``env``, its output in
+    ``log``; returns the process and its base URL. The caller stops it."""
     port = free_port()
     environ = {k: v for k, v in os.environ.items() if not k.startswith("HDR_")}
     environ |= {
@@ -74,8 +71,18 @@ def serving(
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+    return serve, f"http://127.0.0.1:{port}"
+
+
+@contextmanager
+def serving(
+    repo: Path, log: Path, stop_timeout: float = 60, **env: str
+) -> Iterator[tuple[httpx.Client, subprocess.Popen]]:
+    """:func:`start_serve`, stopped with SIGTERM, which must exit 0 within
+    ``stop_timeout``, when the block ends."""
+    serve, url = start_serve(repo, log, **env)
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        with httpx.Client(base_url=url, timeout=30) as client:
             yield client, serve
         serve.send_signal(signal.SIGTERM)
         assert serve.wait(stop_timeout) == 0, log.read_text()
@@ -83,6 +90,18 @@ def serving(
         if serve.poll() is None:
             serve.kill()
             serve.wait()
+
+
+def delete_keys(redis_url: str, prefix: str) -> None:
+    """Delete every key of the service under ``prefix`` (a module-scoped server's keys
+    outlive the per-test prefix of the fixtures)."""
+    cleanup = redis.Redis.from_url(redis_url)
+    try:
+        keys = list(cleanup.scan_iter(match=Keys(prefix).all_keys_pattern(), count=500))
+        if keys:
+            cleanup.delete(*keys)
+    finally:
+        cleanup.close()
 
 
 def _redis_binary() -> str | None:
@@ -193,14 +212,8 @@ def fuzz_server(redis_url: str, repo: Path, name: str, **overrides: Any) -> Iter
         with api_server(settings) as url:
             yield url
     finally:
-        cleanup = redis.Redis.from_url(redis_url)
-        try:
-            keys = list(cleanup.scan_iter(match=Keys(prefix).all_keys_pattern(), count=500))
-            if keys:
-                cleanup.delete(*keys)
-        finally:
-            cleanup.close()
-            shutil.rmtree(blobs, ignore_errors=True)
+        delete_keys(redis_url, prefix)
+        shutil.rmtree(blobs, ignore_errors=True)
 
 
 @contextmanager
