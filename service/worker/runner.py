@@ -48,7 +48,7 @@ from enum import Enum
 from functools import partial
 from typing import Any, Final
 
-from redis.exceptions import OutOfMemoryError, RedisError
+from redis.exceptions import RedisError
 
 from service.config import Settings
 from service.engines.pipeline import reconstruct
@@ -58,7 +58,7 @@ from service.errors import BadRequest, ServiceError
 from service.exposures import ExposureSet
 from service.imaging import encode_exr
 from service.metrics import Outcome, Stage, WorkerMetrics, gpu_memory_collector
-from service.queue import Broker, Delivery, JobRecord, JobState, open_broker
+from service.queue import Broker, Delivery, JobRecord, JobState, open_broker, refuses_writes
 from service.queue.jobs import StageTimings
 from service.storage import StoreUnavailable, result_name
 from service.storage.lifecycle import sweep, sweep_interval
@@ -457,22 +457,21 @@ class Worker:
         except Lost:
             log.warning("job %s was taken over by another worker; dropping it", job_id)
             return Outcome.LOST
-        except (StoreUnavailable, OutOfMemoryError) as exc:
+        except (StoreUnavailable, RedisError) as exc:
             # The store, or Redis refusing a write (maxmemory), failed this attempt: the
             # job is retried (per max_attempts) with that as its reason; a server that
-            # answered is not a lost worker.
-            reason = (
-                exc.message
-                if isinstance(exc, StoreUnavailable)
-                else f"Redis refused a write: {exc}"
-            )
+            # answered is not a lost worker. Any other Redis error ends the loop's turn.
+            if isinstance(exc, StoreUnavailable):
+                reason = exc.message
+            elif refuses_writes(exc):
+                reason = f"Redis refused a write: {exc}"
+            else:
+                raise
             log.warning("job %s: %s", job_id, reason)
             state = await self._settle(
                 partial(self.broker.fail, delivery, reason, retry=True), delivery
             )
             return Outcome.RETRIED if state is JobState.QUEUED else Outcome.FAILED
-        except RedisError:
-            raise
         except Exception as exc:
             if isinstance(exc, ServiceError) and not exc.retryable:  # bad input: for good
                 fail = partial(self.broker.fail, delivery, exc.message, retry=False)
@@ -625,10 +624,9 @@ class Worker:
             future = asyncio.run_coroutine_threadsafe(self._report(job, done, total), loop)
             try:
                 verdict = future.result(timeout=PROGRESS_REPORT_TIMEOUT_SECONDS)
-            except OutOfMemoryError:
-                raise  # Redis refuses writes (maxmemory): the result could not be recorded
-
             except (RedisError, OSError, concurrent.futures.TimeoutError) as exc:
+                if isinstance(exc, RedisError) and refuses_writes(exc):
+                    raise  # Redis refuses writes (maxmemory): the result could not be recorded
                 future.cancel()
                 log.warning("job %s: progress not recorded (%s)", job.job_id, exc)
                 return

