@@ -117,6 +117,20 @@ class JobNotFinished(ServiceError):
     retryable = True  # the same request succeeds once the job has
 
 
+class IdempotencyKeyReused(ServiceError):
+    """An Idempotency-Key already names a job whose request differed (other files, EVs,
+    model or tile size).
+
+    422, as the IETF idempotency-key draft answers a key reused with another payload
+    (Stripe's ``idempotency_key_reused`` is the same idea): sending it again unchanged can
+    never succeed, and answering the first job would silently drop the new request.
+    """
+
+    code = "idempotency_key_reused"
+    http_status = 422
+    retryable = False
+
+
 class QueueFull(ServiceError):
     """The queue holds the configured maximum of waiting jobs; retry after ``retry_after``."""
 

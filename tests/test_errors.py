@@ -22,6 +22,7 @@ RETRYABLE = {
     "JobNotFound": False,
     "JobNotFinished": True,
     "QueueFull": True,
+    "IdempotencyKeyReused": False,
     "NotAuthenticated": False,
     "Forbidden": False,
     "RequestTooLarge": False,

@@ -31,6 +31,7 @@ trained:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -82,6 +83,8 @@ class Submission:
     """EV stops relative to the shortest exposure (the first is 0), strictly increasing."""
     source: str
     """Where the EVs came from: ``exposure_values``, ``exposure_times`` or ``exif``."""
+    digests: list[str]
+    """SHA-256 (hex) of each upload's bytes, in the order of ``files``."""
 
     @property
     def width(self) -> int:
@@ -94,6 +97,25 @@ class Submission:
     @property
     def total_bytes(self) -> int:
         return sum(self.sizes)
+
+    def request_digest(self, model: str | None, tile_size: int | None) -> str:
+        """SHA-256 over everything that decides the job: the files' bytes (short to
+        long), the normalised EVs, the model asked for and the tile size.
+
+        Stored on the record so that a retry under the same Idempotency-Key is recognised
+        as the same request and any other request under it is refused. Normalised, so that
+        equivalent spellings are one request: EVs relative to the shortest (``-2,0,2`` is
+        ``0,2,4``; exposure times become the same stops), frames in exposure order
+        whatever the upload order; EVs rounded to 1e-6 stops, far below any real
+        difference, so that float noise of a conversion cannot tell two retries apart.
+        """
+        fields = [
+            *self.digests,
+            ",".join(f"{ev:.6f}" for ev in self.evs),
+            model or "",
+            "" if tile_size is None else str(tile_size),
+        ]
+        return hashlib.sha256("\n".join(fields).encode()).hexdigest()
 
     def params(self, tile_size: int | None) -> JobParams:
         """The job parameters the worker reads (the broker adds the blob names)."""
@@ -119,10 +141,11 @@ async def _probe_upload(
     max_pixels: int,
     slots: asyncio.Semaphore,
     deadline: ProbeDeadline,
-) -> tuple[ImageInfo, int]:
-    """The file's header and size, refusing it (413) as soon as it is known to exceed
-    ``limit``. The bytes are dropped again and the file rewound for the broker; at most
-    ``slots`` files of all concurrent submissions are held in memory at once."""
+) -> tuple[ImageInfo, int, str]:
+    """The file's header, size and SHA-256, refusing it (413) as soon as it is known to
+    exceed ``limit``. The bytes are hashed while they are in memory for the probe anyway,
+    then dropped again and the file rewound for the broker; at most ``slots`` files of
+    all concurrent submissions are held in memory at once."""
     if upload.size is not None and upload.size > limit:
         raise ImageTooLarge(f"{name}: {upload.size} bytes, over the limit of {limit} bytes")
     async with slots:
@@ -132,9 +155,10 @@ async def _probe_upload(
             raise ImageTooLarge(f"{name}: more than {limit} bytes, over the limit")
         info = await deadline.verify(data, name, max_pixels)
         size = len(data)
+        digest = (await asyncio.to_thread(hashlib.sha256, data)).hexdigest()  # off the loop
         del data
     await upload.seek(0)
-    return info, size
+    return info, size, digest
 
 
 def _fmt(values: Sequence[float]) -> str:
@@ -216,7 +240,7 @@ async def read_submission(
             )
             for upload, name in zip(uploads, names, strict=True)
         ]
-    infos = [info for info, _ in probed]
+    infos = [info for info, _, _ in probed]
     for info, name in zip(infos, names, strict=True):
         if min(info.width, info.height) < settings.min_side:
             raise InvalidExposureSet(
@@ -239,6 +263,7 @@ async def read_submission(
         names=[names[i] for i in order],
         evs=checked,
         source=source,
+        digests=[probed[i][2] for i in order],
     )
 
 

@@ -54,7 +54,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from service.config import Settings, require_storage_url
-from service.errors import JobNotFound, QueueFull
+from service.errors import IdempotencyKeyReused, JobNotFound, QueueFull
 from service.queue import scripts
 from service.queue.connection import RedisSettings, connect
 from service.queue.jobs import (
@@ -136,12 +136,15 @@ class Broker:
         model: str | None = None,
         width: int | None = None,
         height: int | None = None,
+        request_digest: str | None = None,
     ) -> JobRecord:
         """Store ``sources`` (kept in order) in the blob store, queue a job over them and
         return its record.
 
         With an ``idempotency_key``, a job already submitted by the same ``owner`` under
-        that key is returned instead, and nothing is stored or queued. Raises
+        that key is returned instead, and nothing is stored or queued, provided it was
+        made from the same ``request_digest``; a different one raises
+        :class:`IdempotencyKeyReused` (a job stored without a digest matches any). Raises
         :class:`QueueFull` when ``max_queue_length`` jobs are queued, and
         :class:`StoreUnavailable` when the store cannot take the uploads; either way
         nothing is queued and whatever was stored is deleted again. ``model``, ``width``
@@ -151,7 +154,7 @@ class Broker:
             raise ValueError("a job needs at least one input blob")
         idem_key = self.keys.idempotency(owner, idempotency_key) if idempotency_key else None
         if idem_key is not None and (existing := await self._idempotent_job(idem_key)):
-            return existing
+            return _same_request(existing, request_digest, idempotency_key)
         job_id = new_job_id()
         names = tuple(input_name(job_id, i) for i in range(len(sources)))
         try:
@@ -169,6 +172,7 @@ class Broker:
             width=width,
             height=height,
             params=replace(params, inputs=names),
+            request_digest=request_digest,
         )
         try:
             # Two tries: the second only when an idempotency mapping outlived its job.
@@ -177,6 +181,7 @@ class Broker:
                 if outcome is not None:
                     if outcome.id != job_id:  # a concurrent duplicate won
                         await self.drop_blobs(job_id)
+                        return _same_request(outcome, request_digest, idempotency_key)
                     return outcome
         except BaseException:
             await self.drop_blobs(job_id)
@@ -734,6 +739,16 @@ async def open_broker(
     finally:
         await redis.aclose()
         store.close()
+
+
+def _same_request(existing: JobRecord, digest: str | None, key: str | None) -> JobRecord:
+    """``existing`` when it was made from the request ``digest`` describes, else refuse."""
+    if digest is None or existing.request_digest in (None, digest):
+        return existing
+    raise IdempotencyKeyReused(
+        f"Idempotency-Key {key!r} was used for job {existing.id} with other files,"
+        " exposures, model or tile size; use a new key for a different request"
+    )
 
 
 def _text(value: Any) -> str:

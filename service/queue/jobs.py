@@ -157,6 +157,9 @@ class JobRecord:
     error: str | None = None
     timings: StageTimings = field(default_factory=StageTimings)
     params: JobParams | None = None
+    request_digest: str | None = None
+    """SHA-256 of what the client asked for (see ``uploads.Submission.request_digest``):
+    a later submit under the same Idempotency-Key must match it."""
 
     def to_redis(self) -> dict[str, str]:
         """The hash mapping to HSET; ``None`` fields are left out."""

@@ -17,12 +17,14 @@ from tests.worker.engines import ReferenceEngine, served
 from tests.worker.harness import api_server, free_port, redis_server, wait_for, worker_thread
 
 
-def submit(client: httpx.Client, key: str | None = None, seed: int = 0) -> httpx.Response:
+def submit(
+    client: httpx.Client, key: str | None = None, seed: int = 0, evs: str = "-2,0,2"
+) -> httpx.Response:
     headers = {"Idempotency-Key": key} if key else {}
     return client.post(
         "/v1/jobs",
         files=exposure_files(bracket_uploads(seed=seed)),
-        data={"exposure_values": "-2,0,2"},
+        data={"exposure_values": evs},
         headers=headers,
     )
 
@@ -35,13 +37,34 @@ def client(service_settings: Settings) -> Iterator[httpx.Client]:
 
 def test_same_idempotency_key_returns_the_same_job(client: httpx.Client) -> None:
     first = submit(client, key="order-42")
-    again = submit(client, key="order-42", seed=1)
+    again = submit(client, key="order-42")
+    shifted = submit(client, key="order-42", evs="0,2,4")  # the same stops, normalised
     other = submit(client, key="order-43")
 
-    assert first.status_code == again.status_code == other.status_code == 202
-    assert again.json()["id"] == first.json()["id"]
+    assert first.status_code == again.status_code == shifted.status_code == 202
+    assert other.status_code == 202
+    assert again.json()["id"] == shifted.json()["id"] == first.json()["id"]
     assert other.json()["id"] != first.json()["id"]
     assert client.get("/metrics").text.count("hdr_queue_depth 2.0") == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "what"),
+    [({"evs": "-1,0,1"}, "other EVs"), ({"seed": 1}, "other files")],
+)
+def test_same_idempotency_key_with_another_request_is_422(
+    client: httpx.Client, change: dict[str, object], what: str
+) -> None:
+    first = submit(client, key="order-7")
+    reused = submit(client, key="order-7", **change)  # type: ignore[arg-type]
+
+    assert first.status_code == 202, what
+    assert reused.status_code == 422, what
+    error = reused.json()["error"]
+    assert error["code"] == "idempotency_key_reused"
+    assert first.json()["id"] in error["message"]
+    assert "order-7" in error["message"]
+    assert client.get("/metrics").text.count("hdr_queue_depth 1.0") == 1
 
 
 def test_full_queue_is_429_with_retry_after(service_settings: Settings) -> None:

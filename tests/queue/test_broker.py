@@ -15,7 +15,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from service.config import Settings
-from service.errors import JobNotFound, QueueFull
+from service.errors import IdempotencyKeyReused, JobNotFound, QueueFull
 from service.queue import Broker, Delivery, JobRecord, JobState, open_broker
 from service.queue.broker import DEFAULT_RETRY_AFTER_SECONDS
 from service.queue.jobs import JobParams, StageTimings
@@ -117,6 +117,35 @@ async def test_same_idempotency_key_returns_the_same_job(broker: Broker) -> None
     assert again.id == first.id
     assert await broker.queue_depth() == 1
     assert await stream_length(broker) == 1
+
+
+async def test_idempotency_key_with_another_request_digest_is_refused(broker: Broker) -> None:
+    first = await submit(broker, idempotency_key="k-1", request_digest="a" * 64)
+    again = await submit(broker, idempotency_key="k-1", request_digest="a" * 64)
+    with pytest.raises(IdempotencyKeyReused, match=first.id):
+        await submit(broker, idempotency_key="k-1", request_digest="b" * 64)
+    assert again.id == first.id
+    assert (await broker.get(first.id)) is not None
+    assert (await broker.get(first.id)).request_digest == "a" * 64  # type: ignore[union-attr]
+    assert await broker.queue_depth() == 1
+
+
+async def test_concurrent_submits_of_different_requests_under_one_key(broker: Broker) -> None:
+    """The Lua duplicate path (a concurrent submit won) compares the digests too."""
+    outcomes: list[str] = []
+
+    async def one(digest: str) -> None:
+        try:
+            outcomes.append((await submit(broker, idempotency_key="k", request_digest=digest)).id)
+        except IdempotencyKeyReused:
+            outcomes.append("refused")
+
+    async with anyio.create_task_group() as tg:
+        for i in range(6):
+            tg.start_soon(one, "ab"[i % 2] * 64)
+    assert outcomes.count("refused") == 3
+    assert len(set(outcomes) - {"refused"}) == 1
+    assert await broker.queue_depth() == 1
 
 
 async def test_idempotency_keys_of_different_owners_make_different_jobs(broker: Broker) -> None:

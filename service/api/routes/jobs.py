@@ -69,8 +69,10 @@ IdempotencyKey = Annotated[
         alias="Idempotency-Key",
         max_length=255,
         pattern=r"^[\x21-\x7e]+$",
-        description="Any printable token: a retry with the same key (and API key) returns"
-        " the job the first request created instead of queuing another.",
+        description="Any printable token: a retry with the same key (and API key) and the"
+        " same request (files, exposures, model, tile size) returns the job the first"
+        " request created instead of queuing another; the same key with a different"
+        " request is refused with 422 `idempotency_key_reused`.",
     ),
 ]
 RedirectQuery = Annotated[
@@ -114,6 +116,7 @@ async def _submit(
             model=model,
             width=submission.width,
             height=submission.height,
+            request_digest=submission.request_digest(form.model, tile_size),
         )
     except ServiceError as exc:
         metrics.jobs_rejected.labels(code=exc.code).inc()
