@@ -131,6 +131,31 @@ class IdempotencyKeyReused(ServiceError):
     retryable = False
 
 
+class JobTooLarge(ServiceError):
+    """A job would cost more than a configured limit allows (tiles per job, or more
+    megapixels than an API key may submit in a minute): sent again, it costs the same.
+
+    422 rather than 413: the request is within the byte and pixel limits; it is the work
+    it asks for that is refused.
+    """
+
+    code = "job_too_large"
+    http_status = 422
+    retryable = False
+
+
+class RateLimited(ServiceError):
+    """The API key has used its megapixels of the current minute; retry after ``retry_after``."""
+
+    code = "rate_limited"
+    http_status = 429
+    retryable = True
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class QueueFull(ServiceError):
     """The queue holds the configured maximum of waiting jobs; retry after ``retry_after``."""
 

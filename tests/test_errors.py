@@ -23,6 +23,8 @@ RETRYABLE = {
     "JobNotFinished": True,
     "QueueFull": True,
     "IdempotencyKeyReused": False,
+    "JobTooLarge": False,
+    "RateLimited": True,
     "NotAuthenticated": False,
     "Forbidden": False,
     "RequestTooLarge": False,

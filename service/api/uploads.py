@@ -42,7 +42,8 @@ from fastapi import UploadFile
 from service.api.probing import ProbeDeadline
 from service.api.schemas import JobCreate
 from service.config import Settings
-from service.errors import BadRequest, ImageTooLarge, InvalidExposureSet
+from service.engines.tiling import tile_count
+from service.errors import BadRequest, ImageTooLarge, InvalidExposureSet, JobTooLarge
 from service.exposures import (
     check_exposure_values,
     ev_from_exposure_times,
@@ -287,3 +288,33 @@ def check_tile_size(
             f"tile_size: must exceed twice the model's tile overlap ({overlap} px), got {tile_size}"
         )
     return tile_size
+
+
+def check_job_cost(
+    settings: Settings,
+    width: int,
+    height: int,
+    tile_size: int | None,
+    model_tile_size: int | None,
+    overlap: int | None,
+) -> int:
+    """The job's tile count, refused (422 ``job_too_large``) past HDR_MAX_TILES_PER_JOB.
+
+    Tiles, not bytes, are what a job costs a worker: a flat 4000x4000 PNG is a few KB
+    but hundreds of tiles, and a small ``tile_size`` multiplies them. The client's tile
+    size, else the one the serving workers report for the model, else the settings'
+    (no worker has reported yet); the overlap likewise.
+    """
+    size = tile_size if tile_size is not None else model_tile_size or settings.tile_size
+    edge = overlap if overlap is not None else settings.tile_overlap
+    if size and 2 * edge >= size:  # not checked without a worker's overlap: the worker
+        edge = 0  # refuses it; counted without overlap here, the fewest tiles it could be
+    tiles = tile_count(height, width, size or None, edge if size else 0)
+    limit = settings.max_tiles_per_job
+    if limit is not None and tiles > limit:
+        raise JobTooLarge(
+            f"a {width}x{height} frame in {size}-pixel tiles is {tiles} tiles,"
+            f" over the limit of {limit} per job (HDR_MAX_TILES_PER_JOB); send a smaller"
+            " frame or a larger tile_size"
+        )
+    return tiles

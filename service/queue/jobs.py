@@ -64,7 +64,7 @@ def is_valid_job_id(job_id: str) -> bool:
 FIELD_LAST_ERROR: Final = "last_error"
 
 _INT_FIELDS: Final = frozenset({"width", "height", "tiles_done", "tiles_total", "attempts"})
-_FLOAT_FIELDS: Final = frozenset({"created_at", "started_at", "finished_at"})
+_FLOAT_FIELDS: Final = frozenset({"created_at", "started_at", "finished_at", "estimated_seconds"})
 
 
 @dataclass(frozen=True)
@@ -158,6 +158,9 @@ class JobRecord:
     timings: StageTimings = field(default_factory=StageTimings)
     params: JobParams | None = None
     request_digest: str | None = None
+    estimated_seconds: float | None = None
+    """Expected run time when it was queued (see ``Broker.submit``); None: nothing to
+    estimate from yet."""
     """SHA-256 of what the client asked for (see ``uploads.Submission.request_digest``):
     a later submit under the same Idempotency-Key must match it."""
 

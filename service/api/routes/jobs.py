@@ -28,7 +28,7 @@ from service.api.deps import (
 )
 from service.api.errors import NoResult, NotCancellable
 from service.api.schemas import ErrorBody, JobCreate, JobPublic, error_responses
-from service.api.uploads import check_tile_size, read_submission
+from service.api.uploads import check_job_cost, check_tile_size, read_submission
 from service.config import Settings
 from service.errors import JobNotFinished, JobNotFound, ServiceError
 from service.imaging import MEDIA_TYPES, ExrDtype, ResultFormat, decode_exr, encode_result
@@ -105,8 +105,15 @@ async def _submit(
         submission = await read_submission(form, settings, request.app.state.probe_slots)
         catalog = await load_catalog(broker, settings)
         model = catalog.resolve(form.model)
-        tile_size = check_tile_size(
-            form.tile_size, submission.width, submission.height, catalog.tile_overlap(model)
+        overlap = catalog.tile_overlap(model)
+        tile_size = check_tile_size(form.tile_size, submission.width, submission.height, overlap)
+        check_job_cost(
+            settings,
+            submission.width,
+            submission.height,
+            tile_size,
+            catalog.tile_size(model),
+            overlap,
         )
         record = await broker.submit(
             submission.params(tile_size),
