@@ -129,7 +129,27 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(
         64 * 1024 * 1024, ge=1, description="Largest accepted file per exposure, in bytes."
     )
-    max_pixels: int = Field(24_000_000, ge=1, description="Largest accepted frame, width x height.")
+    max_pixels: int = Field(
+        24_000_000,
+        ge=1,
+        description="Largest accepted frame, width x height: sized for a GPU worker (a"
+        " 24 MP bracket takes seconds there, but tens of minutes on a CPU worker); lower it,"
+        " or set HDR_MAX_TILES_PER_JOB, for CPU-only deployments.",
+    )
+    max_tiles_per_job: int | None = Field(
+        None,
+        ge=1,
+        description="Most tiles one job may cut its frame into (frame size, tile size and"
+        " overlap decide it); past it POST is 422 job_too_large. Unset: no limit beyond"
+        " HDR_MAX_PIXELS.",
+    )
+    max_megapixels_per_key_per_minute: float | None = Field(
+        None,
+        gt=0,
+        description="Frame megapixels each API key (all anonymous clients together when auth"
+        " is off) may submit per clock minute; past it POST is 429 rate_limited with"
+        " Retry-After. Unset: no limit.",
+    )
     min_side: int = Field(16, ge=1, description="Smallest accepted width or height.")
     max_request_bytes: int | None = Field(
         None,

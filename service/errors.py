@@ -117,6 +117,45 @@ class JobNotFinished(ServiceError):
     retryable = True  # the same request succeeds once the job has
 
 
+class IdempotencyKeyReused(ServiceError):
+    """An Idempotency-Key already names a job whose request differed (other files, EVs,
+    model or tile size).
+
+    422, as the IETF idempotency-key draft answers a key reused with another payload
+    (Stripe's ``idempotency_key_reused`` is the same idea): sending it again unchanged can
+    never succeed, and answering the first job would silently drop the new request.
+    """
+
+    code = "idempotency_key_reused"
+    http_status = 422
+    retryable = False
+
+
+class JobTooLarge(ServiceError):
+    """A job would cost more than a configured limit allows (tiles per job, or more
+    megapixels than an API key may submit in a minute): sent again, it costs the same.
+
+    422 rather than 413: the request is within the byte and pixel limits; it is the work
+    it asks for that is refused.
+    """
+
+    code = "job_too_large"
+    http_status = 422
+    retryable = False
+
+
+class RateLimited(ServiceError):
+    """The API key has used its megapixels of the current minute; retry after ``retry_after``."""
+
+    code = "rate_limited"
+    http_status = 429
+    retryable = True
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class QueueFull(ServiceError):
     """The queue holds the configured maximum of waiting jobs; retry after ``retry_after``."""
 

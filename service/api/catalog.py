@@ -87,6 +87,14 @@ class Catalog:
         overlap = entry.describe.get("tile_overlap")
         return int(overlap) if overlap is not None else None
 
+    def tile_size(self, model: str | None) -> int | None:
+        """The default tile size the serving workers use for ``model``, when reported."""
+        entry = self._entries.get(model or self.default_model or "")
+        if entry is None or entry.describe is None:
+            return None
+        size = entry.describe.get("tile_size")
+        return int(size) if size is not None else None
+
     def resolve(self, requested: str | None) -> str | None:
         """The model a new job runs on; None leaves the choice to the worker.
 

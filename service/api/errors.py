@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from service.errors import QueueFull, ServiceError
+from service.errors import QueueFull, RateLimited, ServiceError
 from service.queue.connection import refuses_writes
 from service.storage import StoreUnavailable
 
@@ -170,7 +170,8 @@ def handle_service_error(exc: ServiceError) -> JSONResponse:
     retry_after = getattr(exc, "retry_after", None)
     if isinstance(exc, StoreUnavailable):
         retry_after = UNAVAILABLE_RETRY_AFTER_SECONDS
-    if isinstance(exc, QueueFull | Unavailable | StoreUnavailable) and retry_after is not None:
+    retrying = QueueFull | RateLimited | Unavailable | StoreUnavailable
+    if isinstance(exc, retrying) and retry_after is not None:
         headers["Retry-After"] = str(int(retry_after))
     if isinstance(exc, NotAuthenticated):
         headers["WWW-Authenticate"] = 'Bearer realm="hdr"'

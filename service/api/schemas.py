@@ -183,6 +183,12 @@ class JobPublic(BaseModel):
     error: str | None = Field(
         description="Why it failed, or why the last attempt failed while it is retried."
     )
+    estimated_seconds: float | None = Field(
+        None,
+        description="Expected run time once a worker starts it, in seconds: the moving"
+        " average of recent jobs' seconds per frame megapixel times this job's, when it"
+        " was queued; null until some job has finished. Queue wait is not included.",
+    )
     status_url: str = Field(description="Where to poll this job.")
     result_url: str = Field(description="Where to download the result once it succeeded.")
     webhook: WebhookPublic | None = Field(
@@ -209,6 +215,7 @@ class JobPublic(BaseModel):
             finished_at=_when(record.finished_at),
             timings=record.timings.as_dict(),
             error=record.error,
+            estimated_seconds=record.estimated_seconds,
             status_url=status_url,
             result_url=f"{status_url}/result",
             webhook=None

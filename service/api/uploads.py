@@ -31,6 +31,7 @@ trained:
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,7 +42,8 @@ from fastapi import UploadFile
 from service.api.probing import ProbeDeadline
 from service.api.schemas import JobCreate
 from service.config import Settings
-from service.errors import BadRequest, ImageTooLarge, InvalidExposureSet
+from service.engines.tiling import tile_count
+from service.errors import BadRequest, ImageTooLarge, InvalidExposureSet, JobTooLarge
 from service.exposures import (
     check_exposure_values,
     ev_from_exposure_times,
@@ -82,6 +84,8 @@ class Submission:
     """EV stops relative to the shortest exposure (the first is 0), strictly increasing."""
     source: str
     """Where the EVs came from: ``exposure_values``, ``exposure_times`` or ``exif``."""
+    digests: list[str]
+    """SHA-256 (hex) of each upload's bytes, in the order of ``files``."""
 
     @property
     def width(self) -> int:
@@ -94,6 +98,28 @@ class Submission:
     @property
     def total_bytes(self) -> int:
         return sum(self.sizes)
+
+    def request_digest(
+        self, model: str | None, tile_size: int | None, webhook_url: str | None = None
+    ) -> str:
+        """SHA-256 over everything that decides the job: the files' bytes (short to
+        long), the normalised EVs, the model asked for, the tile size and the webhook.
+
+        Stored on the record so that a retry under the same Idempotency-Key is recognised
+        as the same request and any other request under it is refused. Normalised, so that
+        equivalent spellings are one request: EVs relative to the shortest (``-2,0,2`` is
+        ``0,2,4``; exposure times become the same stops), frames in exposure order
+        whatever the upload order; EVs rounded to 1e-6 stops, far below any real
+        difference, so that float noise of a conversion cannot tell two retries apart.
+        """
+        fields = [
+            *self.digests,
+            ",".join(f"{ev:.6f}" for ev in self.evs),
+            model or "",
+            "" if tile_size is None else str(tile_size),
+            webhook_url or "",
+        ]
+        return hashlib.sha256("\n".join(fields).encode()).hexdigest()
 
     def params(self, tile_size: int | None) -> JobParams:
         """The job parameters the worker reads (the broker adds the blob names)."""
@@ -119,10 +145,11 @@ async def _probe_upload(
     max_pixels: int,
     slots: asyncio.Semaphore,
     deadline: ProbeDeadline,
-) -> tuple[ImageInfo, int]:
-    """The file's header and size, refusing it (413) as soon as it is known to exceed
-    ``limit``. The bytes are dropped again and the file rewound for the broker; at most
-    ``slots`` files of all concurrent submissions are held in memory at once."""
+) -> tuple[ImageInfo, int, str]:
+    """The file's header, size and SHA-256, refusing it (413) as soon as it is known to
+    exceed ``limit``. The bytes are hashed while they are in memory for the probe anyway,
+    then dropped again and the file rewound for the broker; at most ``slots`` files of
+    all concurrent submissions are held in memory at once."""
     if upload.size is not None and upload.size > limit:
         raise ImageTooLarge(f"{name}: {upload.size} bytes, over the limit of {limit} bytes")
     async with slots:
@@ -132,9 +159,10 @@ async def _probe_upload(
             raise ImageTooLarge(f"{name}: more than {limit} bytes, over the limit")
         info = await deadline.verify(data, name, max_pixels)
         size = len(data)
+        digest = (await asyncio.to_thread(hashlib.sha256, data)).hexdigest()  # off the loop
         del data
     await upload.seek(0)
-    return info, size
+    return info, size, digest
 
 
 def _fmt(values: Sequence[float]) -> str:
@@ -216,7 +244,7 @@ async def read_submission(
             )
             for upload, name in zip(uploads, names, strict=True)
         ]
-    infos = [info for info, _ in probed]
+    infos = [info for info, _, _ in probed]
     for info, name in zip(infos, names, strict=True):
         if min(info.width, info.height) < settings.min_side:
             raise InvalidExposureSet(
@@ -239,6 +267,7 @@ async def read_submission(
         names=[names[i] for i in order],
         evs=checked,
         source=source,
+        digests=[probed[i][2] for i in order],
     )
 
 
@@ -262,3 +291,33 @@ def check_tile_size(
             f"tile_size: must exceed twice the model's tile overlap ({overlap} px), got {tile_size}"
         )
     return tile_size
+
+
+def check_job_cost(
+    settings: Settings,
+    width: int,
+    height: int,
+    tile_size: int | None,
+    model_tile_size: int | None,
+    overlap: int | None,
+) -> int:
+    """The job's tile count, refused (422 ``job_too_large``) past HDR_MAX_TILES_PER_JOB.
+
+    Tiles, not bytes, are what a job costs a worker: a flat 4000x4000 PNG is a few KB
+    but hundreds of tiles, and a small ``tile_size`` multiplies them. The client's tile
+    size, else the one the serving workers report for the model, else the settings'
+    (no worker has reported yet); the overlap likewise.
+    """
+    size = tile_size if tile_size is not None else model_tile_size or settings.tile_size
+    edge = overlap if overlap is not None else settings.tile_overlap
+    if size and 2 * edge >= size:  # not checked without a worker's overlap: the worker
+        edge = 0  # refuses it; counted without overlap here, the fewest tiles it could be
+    tiles = tile_count(height, width, size or None, edge if size else 0)
+    limit = settings.max_tiles_per_job
+    if limit is not None and tiles > limit:
+        raise JobTooLarge(
+            f"a {width}x{height} frame in {size}-pixel tiles is {tiles} tiles,"
+            f" over the limit of {limit} per job (HDR_MAX_TILES_PER_JOB); send a smaller"
+            " frame or a larger tile_size"
+        )
+    return tiles

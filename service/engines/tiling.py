@@ -49,6 +49,16 @@ def _ramp(length: int, overlap: int, ramp_start: bool, ramp_end: bool) -> np.nda
     return weights
 
 
+def tile_count(height: int, width: int, tile_size: int | None, overlap: int) -> int:
+    """How many tiles :meth:`TilePlan.build` cuts the frame into, without building it
+    (the API prices a job by this before accepting it)."""
+    if tile_size is None:
+        return 1
+    return len(_starts(height, min(tile_size, height), overlap)) * len(
+        _starts(width, min(tile_size, width), overlap)
+    )
+
+
 @dataclass(frozen=True)
 class TilePlan:
     """How one ``height x width`` frame is cut into equally shaped tiles."""

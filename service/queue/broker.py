@@ -54,7 +54,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from service.config import Settings, require_storage_url
-from service.errors import JobNotFound, QueueFull
+from service.errors import IdempotencyKeyReused, JobNotFound, JobTooLarge, QueueFull, RateLimited
 from service.queue import scripts
 from service.queue.connection import RedisSettings, connect
 from service.queue.jobs import (
@@ -65,7 +65,7 @@ from service.queue.jobs import (
     is_valid_job_id,
     new_job_id,
 )
-from service.queue.keys import ENTRY_JOB, STAT_JOB_SECONDS, Keys
+from service.queue.keys import ENTRY_JOB, STAT_JOB_SECONDS, STAT_SECONDS_PER_MEGAPIXEL, Keys
 from service.storage import BlobStore, StoreUnavailable, input_name, job_prefix, open_store
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,7 @@ class Broker:
         self._cancel = redis.register_script(scripts.CANCEL)
         self._mark_cancelled = redis.register_script(scripts.MARK_CANCELLED)
         self._release = redis.register_script(scripts.RELEASE)
+        self._charge_script = redis.register_script(scripts.CHARGE)
 
     # ------------------------------------------------------------------ API side
 
@@ -137,24 +138,66 @@ class Broker:
         width: int | None = None,
         height: int | None = None,
         webhook_url: str | None = None,
+        request_digest: str | None = None,
     ) -> JobRecord:
         """Store ``sources`` (kept in order) in the blob store, queue a job over them and
         return its record.
 
         With an ``idempotency_key``, a job already submitted by the same ``owner`` under
-        that key is returned instead, and nothing is stored or queued. Raises
+        that key is returned instead, and nothing is stored or queued, provided it was
+        made from the same ``request_digest``; a different one raises
+        :class:`IdempotencyKeyReused` (a job stored without a digest matches any). Raises
         :class:`QueueFull` when ``max_queue_length`` jobs are queued, and
         :class:`StoreUnavailable` when the store cannot take the uploads; either way
         nothing is queued and whatever was stored is deleted again. ``model``, ``width``,
-        ``height`` and ``webhook_url`` (checked by the caller) fill the record's fields
-        of those names.
+        ``height`` and ``webhook_url`` (checked by the caller) fill the record's fields of
+        those names; the frame's megapixels are charged to ``owner``'s budget of the
+        minute (:class:`RateLimited` when spent; refunded when nothing is queued), and the
+        record gets ``estimated_seconds``.
         """
         if not sources:
             raise ValueError("a job needs at least one input blob")
         idem_key = self.keys.idempotency(owner, idempotency_key) if idempotency_key else None
         if idem_key is not None and (existing := await self._idempotent_job(idem_key)):
-            return existing
-        job_id = new_job_id()
+            return _same_request(existing, request_digest, idempotency_key)
+        megapixels = (width or 0) * (height or 0) / 1e6
+        charged = await self._charge(owner, megapixels)
+        try:
+            record, fresh = await self._store_and_enqueue(
+                params,
+                sources,
+                idem_key,
+                JobRecord(
+                    id=new_job_id(),
+                    status=JobState.QUEUED,
+                    created_at=time.time(),
+                    owner=owner,
+                    model=model,
+                    width=width,
+                    height=height,
+                    webhook_url=webhook_url,
+                    request_digest=request_digest,
+                    estimated_seconds=await self._estimate_seconds(megapixels),
+                ),
+            )
+        except BaseException:
+            await self._refund(charged, megapixels)
+            raise
+        if not fresh:  # a concurrent duplicate won: this request made no job
+            await self._refund(charged, megapixels)
+            return _same_request(record, request_digest, idempotency_key)
+        return record
+
+    async def _store_and_enqueue(
+        self,
+        params: JobParams,
+        sources: Sequence[BinaryIO | bytes],
+        idem_key: str | None,
+        draft: JobRecord,
+    ) -> tuple[JobRecord, bool]:
+        """Store the uploads and queue ``draft``; the job queued and whether it is this
+        one (False: a concurrent submit under the same Idempotency-Key won)."""
+        job_id = draft.id
         names = tuple(input_name(job_id, i) for i in range(len(sources)))
         try:
             for name, source in zip(names, sources, strict=True):
@@ -162,30 +205,64 @@ class Broker:
         except BaseException:
             await self.drop_blobs(job_id)
             raise
-        record = JobRecord(
-            id=job_id,
-            status=JobState.QUEUED,
-            created_at=time.time(),
-            owner=owner,
-            model=model,
-            width=width,
-            height=height,
-            params=replace(params, inputs=names),
-            webhook_url=webhook_url,
-        )
+        record = replace(draft, params=replace(params, inputs=names))
         try:
             # Two tries: the second only when an idempotency mapping outlived its job.
             for _ in range(2):
                 outcome = await self._enqueue(record, idem_key)
                 if outcome is not None:
-                    if outcome.id != job_id:  # a concurrent duplicate won
+                    if outcome.id != job_id:
                         await self.drop_blobs(job_id)
-                    return outcome
+                    return outcome, outcome.id == job_id
         except BaseException:
             await self.drop_blobs(job_id)
             raise
         await self.drop_blobs(job_id)
         raise RuntimeError("idempotency mapping kept pointing at an expired job")
+
+    async def _charge(self, owner: str | None, megapixels: float) -> str | None:
+        """Count the job's frame megapixels against ``owner``'s budget of this minute
+        (HDR_MAX_MEGAPIXELS_PER_KEY_PER_MINUTE); the key charged, None when unlimited.
+
+        Fixed clock-minute windows: simple and one key per owner and minute, at the price
+        of letting up to twice the budget through across a minute boundary.
+        """
+        limit = self.settings.max_megapixels_per_key_per_minute
+        if limit is None or megapixels <= 0:
+            return None
+        if megapixels > limit:
+            raise JobTooLarge(
+                f"a {megapixels:.1f} MP frame is more than an API key may submit in a"
+                f" minute ({limit:g} MP, HDR_MAX_MEGAPIXELS_PER_KEY_PER_MINUTE)"
+            )
+        now = time.time()
+        key = self.keys.cost(owner, int(now // 60))
+        used = await self._charge_script(keys=[key], args=[repr(megapixels), repr(limit), 120])
+        if used == b"ok":
+            return key
+        retry_after = max(1, math.ceil(60 - now % 60))
+        raise RateLimited(
+            f"this API key submitted {float(used):.1f} of its {limit:g} megapixels this minute;"
+            f" this {megapixels:.1f} MP job fits again in {retry_after} s",
+            retry_after=retry_after,
+        )
+
+    async def _refund(self, key: str | None, megapixels: float) -> None:
+        """Give back a charge for a job that was not queued (queue full, store down)."""
+        if key is not None:
+            try:
+                await self.redis.incrbyfloat(key, -megapixels)
+            except RedisError as exc:  # the budget is only too strict until the minute ends
+                log.warning("could not refund %.1f MP to %s: %s", megapixels, key, exc)
+
+    async def _estimate_seconds(self, megapixels: float) -> float | None:
+        """Expected run time: the moving average of recent jobs' run seconds per frame
+        megapixel (kept by ``complete``) times this job's megapixels; None before any job
+        finished. Queue wait is not included: it depends on the jobs ahead and workers."""
+        raw = await self.redis.hget(self.keys.stats, STAT_SECONDS_PER_MEGAPIXEL)
+        if raw is None or megapixels <= 0:
+            return None
+        return round(float(raw) * megapixels, 2)
 
     async def _enqueue(self, record: JobRecord, idem_key: str | None) -> JobRecord | None:
         """Admit the job atomically; None: retry (the mapping pointed at an expired job)."""
@@ -746,6 +823,16 @@ async def open_broker(
     finally:
         await redis.aclose()
         store.close()
+
+
+def _same_request(existing: JobRecord, digest: str | None, key: str | None) -> JobRecord:
+    """``existing`` when it was made from the request ``digest`` describes, else refuse."""
+    if digest is None or existing.request_digest in (None, digest):
+        return existing
+    raise IdempotencyKeyReused(
+        f"Idempotency-Key {key!r} was used for job {existing.id} with other files,"
+        " exposures, model or tile size; use a new key for a different request"
+    )
 
 
 def _text(value: Any) -> str:

@@ -77,7 +77,7 @@ FIELD_LAST_ERROR: Final = "last_error"
 _INT_FIELDS: Final = frozenset(
     {"width", "height", "tiles_done", "tiles_total", "attempts", "webhook_attempts"}
 )
-_FLOAT_FIELDS: Final = frozenset({"created_at", "started_at", "finished_at"})
+_FLOAT_FIELDS: Final = frozenset({"created_at", "started_at", "finished_at", "estimated_seconds"})
 
 
 @dataclass(frozen=True)
@@ -177,6 +177,12 @@ class JobRecord:
     webhook_attempts: int = 0
     webhook_error: str | None = None
     """The last failed attempt's outcome (kept after a later success, for the record)."""
+    request_digest: str | None = None
+    """SHA-256 of what the client asked for (see ``uploads.Submission.request_digest``):
+    a later submit under the same Idempotency-Key must match it."""
+    estimated_seconds: float | None = None
+    """Expected run time when it was queued (see ``Broker.submit``); None: nothing to
+    estimate from yet."""
 
     def to_redis(self) -> dict[str, str]:
         """The hash mapping to HSET; ``None`` fields are left out."""

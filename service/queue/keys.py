@@ -18,7 +18,8 @@ Layout (``p`` is the prefix)::
     p:idem:<sha256>            string, job id for (owner, Idempotency-Key)  (TTL)
     p:workers                  zset worker id -> heartbeat expiry (unix s)
     p:worker:<id>              string, JSON heartbeat of a worker           (TTL)
-    p:stats                    hash, running statistics (job duration EMA)
+    p:cost:<sha256>:<minute>   float, frame megapixels an API key submitted  (2 min TTL)
+    p:stats                    hash, running statistics (job duration EMAs)
     p:webhooks                 zset job id -> when its webhook is due (unix s)
 """
 
@@ -33,6 +34,8 @@ GROUP: Final = "workers"
 ENTRY_JOB: Final = "job"
 #: Field of the stats hash holding the moving average of a job's run time, in seconds.
 STAT_JOB_SECONDS: Final = "job_seconds"
+#: Field of the stats hash holding the moving average of run seconds per frame megapixel.
+STAT_SECONDS_PER_MEGAPIXEL: Final = "seconds_per_megapixel"
 
 
 class Keys:
@@ -70,6 +73,12 @@ class Keys:
         """
         digest = hashlib.sha256(f"{owner or ''}\x00{key}".encode()).hexdigest()
         return f"{self.prefix}:idem:{digest}"
+
+    def cost(self, owner: str | None, minute: int) -> str:
+        """Frame megapixels ``owner`` (None: every anonymous client) submitted in the
+        clock minute ``minute`` (unix seconds // 60); hashed like :meth:`idempotency`."""
+        digest = hashlib.sha256(f"{owner or ''}".encode()).hexdigest()
+        return f"{self.prefix}:cost:{digest}:{minute}"
 
     def heartbeat(self, worker_id: str) -> str:
         """The heartbeat of one worker process."""

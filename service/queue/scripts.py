@@ -28,7 +28,7 @@ from string import Template
 from typing import Final
 
 from service.queue.jobs import FIELD_LAST_ERROR, JobState, WebhookStatus
-from service.queue.keys import STAT_JOB_SECONDS
+from service.queue.keys import STAT_JOB_SECONDS, STAT_SECONDS_PER_MEGAPIXEL
 
 #: Weight of the newest job in the moving average of job run times (for Retry-After).
 EMA_WEIGHT: Final = 0.2
@@ -91,6 +91,7 @@ def _lua(body: str) -> str:
         cancelled=JobState.CANCELLED.value,
         last_error=FIELD_LAST_ERROR,
         stat_job_seconds=STAT_JOB_SECONDS,
+        stat_seconds_per_megapixel=STAT_SECONDS_PER_MEGAPIXEL,
         ema_weight=repr(EMA_WEIGHT),
         webhook_pending=WebhookStatus.PENDING.value,
     )
@@ -232,6 +233,13 @@ if started then
   local ema = tonumber(redis.call('HGET', KEYS[5], '$stat_job_seconds'))
   if ema then seconds = (1 - $ema_weight) * ema + $ema_weight * seconds end
   redis.call('HSET', KEYS[5], '$stat_job_seconds', tostring(seconds))
+  local megapixels = tonumber(ARGV[6]) * tonumber(ARGV[7]) / 1e6
+  if megapixels > 0 then
+    local rate = (now - started) / megapixels
+    local avg = tonumber(redis.call('HGET', KEYS[5], '$stat_seconds_per_megapixel'))
+    if avg then rate = (1 - $ema_weight) * avg + $ema_weight * rate end
+    redis.call('HSET', KEYS[5], '$stat_seconds_per_megapixel', tostring(rate))
+  end
 end
 settle(KEYS[3], group, entry)
 refresh(ARGV[8], KEYS[1])
@@ -323,4 +331,13 @@ redis.call('ZADD', KEYS[2], ARGV[6], job_id)
 redis.call('XCLAIM', KEYS[3], group, ARGV[4], 0, entry, 'IDLE', ARGV[5], 'JUSTID')
 refresh(ARGV[7], KEYS[1])
 return QUEUED
+""")
+
+#: KEYS cost; ARGV megapixels, limit, ttl -> 'ok' (charged) or the megapixels already used
+CHARGE: Final = _lua("""
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+if used + tonumber(ARGV[1]) > tonumber(ARGV[2]) then return tostring(used) end
+redis.call('INCRBYFLOAT', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 'ok'
 """)

@@ -48,6 +48,8 @@ class ActiveJob:
     """Whether the heartbeat keeps renewing its claim: from start until it is settled."""
     handback: threading.Event = field(default_factory=threading.Event)
     """Set when the drain time is over: hand the job back at the next tile batch."""
+    overdue: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set with ``handback``, for the event loop: stop waiting for the job's thread."""
     lost: threading.Event = field(default_factory=threading.Event)
     """Set when another worker has taken the job over."""
     drain_timer: asyncio.TimerHandle | None = None
@@ -63,6 +65,12 @@ class ActiveJob:
         """Seconds without progress, once past ``limit``; else None."""
         idle = time.monotonic() - self.last_progress
         return idle if idle > limit else None
+
+    def hand_back(self) -> None:
+        """The drain is over: the thread stops at its next tile batch, and the event
+        loop stops waiting for it now (see :mod:`service.worker.threads`)."""
+        self.handback.set()
+        self.overdue.set()
 
     def end(self) -> None:
         """Release what outlives a job otherwise (the drain timer)."""

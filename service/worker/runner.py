@@ -20,9 +20,11 @@ Lifecycle
    Heartbeats (:mod:`service.worker.heartbeat`) and the blob sweeper
    (:mod:`service.storage.lifecycle`) run beside the loop.
 4. **SIGTERM/SIGINT: drain.** Stop taking jobs; the job in hand may finish within
-   ``drain_seconds``; after that it stops at its next tile batch and is handed back
-   (``release``: re-delivered at once, no attempt spent). A second signal hands it back
-   at once. Exit 0.
+   ``drain_seconds``, counted from the signal; at that deadline it is handed back
+   (``release``: re-delivered at once, no attempt spent) even mid tile batch or mid
+   decode: those run in a daemon thread the worker stops waiting for
+   (:mod:`service.worker.threads`), so the process exits at the deadline, not a tile
+   batch later. A second signal hands it back at once. Exit 0.
 5. **Engine fault** (CUDA error and the like): the job is failed with ``retry=True`` (it
    goes back to the queue unless it was its last attempt) and the process exits with
    :data:`EXIT_ENGINE_FAULT` for its supervisor to restart it with a fresh device context.
@@ -67,6 +69,7 @@ from service.worker.health import HealthServer, build_health_app
 from service.worker.heartbeat import Heartbeat
 from service.worker.job import ActiveJob, Cancelled, HandedBack, JobStopped, Lost, read_exposures
 from service.worker.models import ModelNotServed, ModelSet, load_models, warm_up
+from service.worker.threads import run_until_handed_back
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +239,7 @@ class Worker:
         if self._stopping.is_set():
             log.warning("second stop request: handing the job in hand back now")
             if self._job is not None:
-                self._job.handback.set()
+                self._job.hand_back()
             return
         self._stopping.set()
         if self.state is not WorkerState.STOPPED:
@@ -248,7 +251,7 @@ class Worker:
                 self.settings.drain_seconds,
             )
             self._job.drain_timer = asyncio.get_running_loop().call_later(
-                self.settings.drain_seconds, self._job.handback.set
+                self.settings.drain_seconds, self._job.hand_back
             )
         else:
             log.info("stopping: no job in hand")
@@ -504,8 +507,10 @@ class Worker:
             queue_wait = max(0.0, record.started_at - record.created_at)
 
         began = time.perf_counter()
-        exposures = await asyncio.to_thread(
-            read_exposures, self.broker.store, record.id, params, self.settings.max_pixels
+        exposures = await run_until_handed_back(
+            job.overdue,
+            partial(read_exposures, self.broker.store, record.id, params, self.settings.max_pixels),
+            f"decode {record.id}",
         )
         decode_seconds = time.perf_counter() - began
 
@@ -519,13 +524,17 @@ class Worker:
             raise stop
 
         began = time.perf_counter()
-        hdr = await asyncio.to_thread(
-            reconstruct,
-            model.engine,
-            exposures,
-            plan,
-            model.tile_batch,
-            self._progress_bridge(job),
+        hdr = await run_until_handed_back(
+            job.overdue,
+            partial(
+                reconstruct,
+                model.engine,
+                exposures,
+                plan,
+                model.tile_batch,
+                self._progress_bridge(job),
+            ),
+            f"inference {record.id}",
         )
         inference = time.perf_counter() - began
 

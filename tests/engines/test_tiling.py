@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from service.engines.pipeline import reconstruct
-from service.engines.tiling import Tile, TileBlender, TilePlan
+from service.engines.tiling import Tile, TileBlender, TilePlan, tile_count
 from service.engines.torch_engine import TorchEngine
 from service.exposures import ExposureSet
 from tests.factories import GOLDEN_CHECKPOINT, bracket_frames, tile_batch
@@ -108,3 +108,21 @@ def test_bad_tile_geometry_is_refused(tile, overlap) -> None:
 
 def test_tile_positions_are_plain_values() -> None:
     assert TilePlan.build(8, 8, 8, 0).tiles == (Tile(0, 0),)
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "tile", "overlap"),
+    [
+        (48, 64, None, 0),
+        (4000, 4000, 256, 32),
+        (4000, 4000, 72, 32),
+        (100, 33, 32, 8),
+        (8, 8, 64, 8),
+    ],
+)
+def test_tile_count_is_the_plans_length_without_building_it(
+    height: int, width: int, tile: int | None, overlap: int
+) -> None:
+    assert tile_count(height, width, tile, overlap) == len(
+        TilePlan.build(height, width, tile, overlap)
+    )

@@ -15,7 +15,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from service.config import Settings
-from service.errors import JobNotFound, QueueFull
+from service.errors import IdempotencyKeyReused, JobNotFound, JobTooLarge, QueueFull, RateLimited
 from service.queue import Broker, Delivery, JobRecord, JobState, open_broker
 from service.queue.broker import DEFAULT_RETRY_AFTER_SECONDS
 from service.queue.jobs import JobParams, StageTimings
@@ -117,6 +117,35 @@ async def test_same_idempotency_key_returns_the_same_job(broker: Broker) -> None
     assert again.id == first.id
     assert await broker.queue_depth() == 1
     assert await stream_length(broker) == 1
+
+
+async def test_idempotency_key_with_another_request_digest_is_refused(broker: Broker) -> None:
+    first = await submit(broker, idempotency_key="k-1", request_digest="a" * 64)
+    again = await submit(broker, idempotency_key="k-1", request_digest="a" * 64)
+    with pytest.raises(IdempotencyKeyReused, match=first.id):
+        await submit(broker, idempotency_key="k-1", request_digest="b" * 64)
+    assert again.id == first.id
+    assert (await broker.get(first.id)) is not None
+    assert (await broker.get(first.id)).request_digest == "a" * 64  # type: ignore[union-attr]
+    assert await broker.queue_depth() == 1
+
+
+async def test_concurrent_submits_of_different_requests_under_one_key(broker: Broker) -> None:
+    """The Lua duplicate path (a concurrent submit won) compares the digests too."""
+    outcomes: list[str] = []
+
+    async def one(digest: str) -> None:
+        try:
+            outcomes.append((await submit(broker, idempotency_key="k", request_digest=digest)).id)
+        except IdempotencyKeyReused:
+            outcomes.append("refused")
+
+    async with anyio.create_task_group() as tg:
+        for i in range(6):
+            tg.start_soon(one, "ab"[i % 2] * 64)
+    assert outcomes.count("refused") == 3
+    assert len(set(outcomes) - {"refused"}) == 1
+    assert await broker.queue_depth() == 1
 
 
 async def test_idempotency_keys_of_different_owners_make_different_jobs(broker: Broker) -> None:
@@ -621,3 +650,53 @@ async def test_open_broker_connects_for_the_block_and_needs_a_url(settings: Sett
     with pytest.raises(ValueError, match="HDR_STORAGE_URL"):
         async with open_broker(settings.model_copy(update={"storage_url": None})):
             pass
+
+
+async def test_estimated_seconds_scale_the_seconds_per_megapixel_of_finished_jobs(
+    broker: Broker,
+) -> None:
+    first = await submit(broker, width=2000, height=1000)
+    assert first.estimated_seconds is None  # nothing finished yet to learn from
+    delivery = await run_to_started(broker)
+    await anyio.sleep(0.2)
+    broker.store.put(result_name(first.id), b"EXR")
+    assert await broker.complete(delivery, TIMINGS, 2000, 1000)  # 2 MP in about 0.2 s
+    per_mp = float(await broker.redis.hget(broker.keys.stats, "seconds_per_megapixel"))
+    assert 0.1 / 2 <= per_mp < 5.0 / 2
+
+    bigger = await submit(broker, width=4000, height=2000)  # 8 MP: four times the work
+    assert bigger.estimated_seconds == pytest.approx(round(per_mp * 8, 2))
+    assert (await broker.get(bigger.id)).estimated_seconds == bigger.estimated_seconds  # type: ignore[union-attr]
+
+
+async def test_megapixels_per_key_per_minute_are_charged_and_refused_past_the_budget(
+    broker: Broker,
+) -> None:
+    limited = variant(broker, max_megapixels_per_key_per_minute=5.0)
+    if time.time() % 60 > 55:  # keep all submits inside one clock minute
+        await anyio.sleep(60 - time.time() % 60 + 0.1)
+    await submit(limited, owner="alice", width=2000, height=1000, idempotency_key="a")
+    await submit(limited, owner="alice", width=2000, height=1000)
+    again = await submit(limited, owner="alice", width=2000, height=1000, idempotency_key="a")
+    with pytest.raises(RateLimited) as refused:
+        await submit(limited, owner="alice", width=2000, height=1000)
+    bob = await submit(limited, owner="bob", width=2000, height=1000)  # his own budget
+    with pytest.raises(JobTooLarge, match="HDR_MAX_MEGAPIXELS_PER_KEY_PER_MINUTE"):
+        await submit(limited, owner="carol", width=3000, height=2000)  # 6 MP: never fits
+
+    assert again.id != bob.id  # the idempotent retry returned the first job, uncharged
+    assert 1 <= refused.value.retry_after <= 60
+    assert "4.0 of its 5 megapixels" in refused.value.message
+    assert await limited.queue_depth() == 3
+
+
+async def test_a_job_that_is_not_queued_gives_its_megapixels_back(broker: Broker) -> None:
+    limited = variant(broker, max_megapixels_per_key_per_minute=3.0, max_queue_length=1)
+    if time.time() % 60 > 55:
+        await anyio.sleep(60 - time.time() % 60 + 0.1)
+    await submit(limited, width=1000, height=1000)
+    for _ in range(3):  # without the refund, the third would be rate limited
+        with pytest.raises(QueueFull):
+            await submit(limited, width=1000, height=1000)
+    used = await broker.redis.get(broker.keys.cost(None, int(time.time() // 60)))
+    assert float(used) == pytest.approx(1.0)

@@ -142,6 +142,35 @@ async def test_sigterm_hands_an_unfinished_job_back_and_exits_zero(
     assert "handed back" in (tmp_path / "worker.log").read_text()
 
 
+async def test_drain_ends_at_its_deadline_from_the_signal_even_mid_tile_batch(
+    broker: Broker, service_settings: Settings, tmp_path: Path
+) -> None:
+    """Tile batches of 4 s and a 1 s drain: the worker hands the job back and exits about
+    1 s after SIGTERM, not at the end of the batch it is in (issue 12: a 25 s drain
+    exited 36 s after the signal, and ``serve`` SIGKILLs at drain + 10 s)."""
+    repo = tmp_path / "repo"
+    engines.write_test_model(repo, "slow", "test-reference")
+    drain, batch_seconds = 1.0, 4.0
+    settings = service_settings.model_copy(update={"model_repo": repo, "drain_seconds": drain})
+    env = worker_env(settings, HDR_WORKER_ID="w-deadline", TEST_ENGINE_DELAY=str(batch_seconds))
+
+    with worker_process(env, tmp_path / "worker.log") as process:
+        await ready_workers(broker, {"w-deadline"})
+        job_id = await submit(broker, bracket_uploads(128, 128), tile_size=32)
+        # Just after a batch ended: the next one has (almost) all of its 4 s to go.
+        await until(broker, job_id, lambda r: r.tiles_done >= 1, timeout=90, interval=0.05)
+        signalled = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert wait_exit(process) == EXIT_OK
+        took = time.monotonic() - signalled
+
+    assert took < drain + 2.0 < batch_seconds, f"exited {took:.2f} s after SIGTERM"
+    record = await broker.get(job_id)
+    assert record is not None and record.status is JobState.QUEUED
+    assert record.attempts == 0 and record.tiles_done == 0  # handed back, not spent
+    assert "handed back" in (tmp_path / "worker.log").read_text()
+
+
 def check(settings: Settings, worker_id: str) -> subprocess.CompletedProcess[str]:
     env = worker_env(settings, HDR_WORKER_ID=worker_id)
     return subprocess.run(

@@ -28,7 +28,7 @@ from service.api.deps import (
 )
 from service.api.errors import NoResult, NotCancellable
 from service.api.schemas import ErrorBody, JobCreate, JobPublic, error_responses
-from service.api.uploads import check_tile_size, read_submission
+from service.api.uploads import check_job_cost, check_tile_size, read_submission
 from service.config import Settings
 from service.errors import JobNotFinished, JobNotFound, ServiceError
 from service.imaging import MEDIA_TYPES, ExrDtype, ResultFormat, decode_exr, encode_result
@@ -70,8 +70,10 @@ IdempotencyKey = Annotated[
         alias="Idempotency-Key",
         max_length=255,
         pattern=r"^[\x21-\x7e]+$",
-        description="Any printable token: a retry with the same key (and API key) returns"
-        " the job the first request created instead of queuing another.",
+        description="Any printable token: a retry with the same key (and API key) and the"
+        " same request (files, exposures, model, tile size) returns the job the first"
+        " request created instead of queuing another; the same key with a different"
+        " request is refused with 422 `idempotency_key_reused`.",
     ),
 ]
 RedirectQuery = Annotated[
@@ -104,8 +106,15 @@ async def _submit(
         submission = await read_submission(form, settings, request.app.state.probe_slots)
         catalog = await load_catalog(broker, settings)
         model = catalog.resolve(form.model)
-        tile_size = check_tile_size(
-            form.tile_size, submission.width, submission.height, catalog.tile_overlap(model)
+        overlap = catalog.tile_overlap(model)
+        tile_size = check_tile_size(form.tile_size, submission.width, submission.height, overlap)
+        check_job_cost(
+            settings,
+            submission.width,
+            submission.height,
+            tile_size,
+            catalog.tile_size(model),
+            overlap,
         )
         webhook_url = await accept_webhook_url(form.webhook_url, settings)
         record = await broker.submit(
@@ -117,6 +126,7 @@ async def _submit(
             width=submission.width,
             height=submission.height,
             webhook_url=webhook_url,
+            request_digest=submission.request_digest(form.model, tile_size, webhook_url),
         )
     except ServiceError as exc:
         metrics.jobs_rejected.labels(code=exc.code).inc()
