@@ -7,6 +7,7 @@ first that opens serves; each one skipped is logged with its reason.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,10 +89,14 @@ def _onnxruntime_afunet(spec: ModelSpec, settings: Settings) -> Engine:
 
 
 def _tensorrt_afunet(spec: ModelSpec, settings: Settings) -> Engine:
-    from service.engines.tensorrt_engine import TensorRTEngine
-
     if settings.device == "cpu":
         raise EngineUnavailable("TensorRT needs a GPU and HDR_DEVICE is cpu")
+    # Looked up before importing the backend, which pulls in the ONNX export path: a CPU
+    # host without TensorRT should not pay for modules it cannot use.
+    if importlib.util.find_spec("tensorrt") is None:
+        raise EngineUnavailable("TensorRT is not installed: No module named 'tensorrt'")
+    from service.engines.tensorrt_engine import TensorRTEngine
+
     precision = _precision(spec, settings)
 
     def build(precision: str) -> TensorRTEngine:
