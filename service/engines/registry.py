@@ -77,7 +77,34 @@ def _torch_afunet(spec: ModelSpec, settings: Settings) -> Engine:
             cuda_graphs=settings.cuda_graphs,
         )
 
-    return _fp16_gated(spec, settings, build, _precision(spec, settings))
+    engine = _fp16_gated(spec, settings, build, _precision(spec, settings))
+    if engine.precision == "bf16" and engine.device == "cpu":
+        return _cpu_bf16_gated(engine, build)
+    return engine
+
+
+#: Probe size of the CPU bf16 parity check: two small scenes keep it to a few seconds.
+CPU_PARITY_PROBE = 128
+
+
+def _cpu_bf16_gated(engine: Engine, build: Callable[[str], Engine]) -> Engine:
+    """A CPU bf16 engine serves only where it passes the same parity check as fp16 on a
+    GPU; below it, fp32 serves and says why."""
+    from service.engines.parity import FP16_MIN_PSNR_MU_DB, parity_db, probe_inputs
+
+    reference = build("fp32")
+    score = parity_db(engine, reference, probe_inputs(CPU_PARITY_PROBE, CPU_PARITY_PROBE))
+    if score >= FP16_MIN_PSNR_MU_DB:
+        log.info("CPU bf16 parity %.1f dB PSNR-mu against fp32: serving bf16", score)
+        engine.parity_db = score  # type: ignore[attr-defined]
+        return engine
+    log.warning(
+        "CPU bf16 parity %.1f dB PSNR-mu is below %.0f dB: serving fp32", score, FP16_MIN_PSNR_MU_DB
+    )
+    reference.fallback_reason = (  # type: ignore[attr-defined]
+        f"bf16 parity {score:.1f} dB < {FP16_MIN_PSNR_MU_DB:.0f} dB"
+    )
+    return reference
 
 
 def _onnxruntime_afunet(spec: ModelSpec, settings: Settings) -> Engine:
@@ -164,7 +191,7 @@ def _precision_note(engine: Engine) -> str | None:
     if reason:
         return f"serving {engine.precision}: {reason}"
     score = getattr(engine, "parity_db", None)
-    return None if score is None else f"fp16 parity {score:.1f} dB PSNR-mu vs fp32"
+    return None if score is None else f"{engine.precision} parity {score:.1f} dB PSNR-mu vs fp32"
 
 
 def open_engine(spec: ModelSpec, settings: Settings, forced: str | None = None) -> Engine:

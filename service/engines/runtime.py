@@ -17,6 +17,9 @@ _ONE_GIB = 1 << 30
 
 #: Where the process's cgroup is visible (its own root inside a container).
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+CPUINFO = Path("/proc/cpuinfo")
+#: CPU flags of native bf16 arithmetic: AVX-512 BF16 dot products, AMX tiles.
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 
 def peak_rss_bytes() -> int:
@@ -119,3 +122,19 @@ def tune_cpu_threads(cgroup_root: Path = CGROUP_ROOT) -> int:
         threads = usable_cpus(cgroup_root)
     log.debug("OpenMP threads: %d, wait policy %s", threads, os.environ["OMP_WAIT_POLICY"])
     return threads
+
+
+def native_bf16_cpu(cpuinfo: Path = CPUINFO) -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX), per ``/proc/cpuinfo``.
+
+    Elsewhere oneDNN emulates bf16 matmuls with fp32 instructions plus conversions, slower
+    than fp32 itself, so reduced precision only pays on these CPUs.
+    """
+    try:
+        with open(cpuinfo) as info:
+            for line in info:
+                if line.startswith("flags"):
+                    return not BF16_FLAGS.isdisjoint(line.split(":", 1)[-1].split())
+    except OSError:
+        pass
+    return False
