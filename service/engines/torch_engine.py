@@ -50,8 +50,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
     On CPU ``auto`` stays fp32, exact to the official model. bf16 is served on request
     where the CPU computes it natively (AVX-512 BF16 or AMX: about 15 % less CPU time per
-    forward than fp32 here, see README) and refused elsewhere, where emulated bf16 is slower than fp32;
-    fp16 needs a GPU.
+    forward than fp32 here, see README) and refused elsewhere, where emulated bf16 is
+    slower than fp32; fp16 needs a GPU.
     """
     if precision == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
