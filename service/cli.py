@@ -5,6 +5,9 @@ Each sub-command is a module of ``service.commands`` named in ``COMMANDS``, defi
 inside ``run`` so that ``--help`` and the light commands start fast. User errors
 (``ServiceError``: a bad scene, a bad checkpoint) print one line and exit with status 2;
 anything else is a bug and keeps its traceback.
+
+Before a command runs, the OpenMP thread pool is sized to the CPUs this process may use
+(``engines.runtime.tune_cpu_threads``): that must happen before torch is imported.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import sys
 from collections.abc import Sequence
 
 from service.config import Settings
+from service.engines.runtime import tune_cpu_threads
 from service.errors import ServiceError
 
 EXIT_USER_ERROR = 2
@@ -51,6 +55,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if "torch" not in sys.modules:  # OpenMP reads its settings once, when torch loads
+        tune_cpu_threads()
     module = importlib.import_module(f"service.commands.{COMMANDS[args.command]}")
     try:
         return int(module.run(args, Settings()))

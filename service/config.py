@@ -69,7 +69,8 @@ class Settings(BaseSettings):
     precision: Literal["auto", "fp32", "fp16", "bf16"] = Field(
         "auto",
         description="Network arithmetic: auto = bf16 on GPU (fp16 where its parity check"
-        " passes is opt-in), fp32 on CPU; set, it overrides config.yaml's precision.",
+        " passes is opt-in), fp32 on CPU (bf16 on request where the CPU has AVX-512 BF16 or"
+        " AMX, behind the same parity check); set, it overrides config.yaml's precision.",
     )
     torch_compile: bool = Field(False, description="torch.compile the network (torch backend).")
     cuda_graphs: bool = Field(

@@ -1,10 +1,15 @@
-"""The one child-process harness the benchmarks share: a fresh interpreter per measurement."""
+"""The one child-process harness the benchmarks share (a fresh interpreter per
+measurement), and the whole-process timing of ``benchmarks.infer_process``."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
 from benchmarks.child import ChildFailed, run_in_child
+from benchmarks.infer_process import _run_infer
+from tests.factories import GOLDEN_CHECKPOINT, GOLDEN_SEED0
 
 
 def test_a_child_returns_what_its_function_returns() -> None:
@@ -20,3 +25,12 @@ def test_a_failing_child_reports_its_exception() -> None:
 def test_a_child_past_its_time_is_stopped() -> None:
     with pytest.raises(ChildFailed, match="timed out after 1 s"):
         run_in_child("signal:pause", {}, timeout=1)  # waits for a signal that never comes
+
+
+def test_the_infer_process_is_timed_with_the_inference_time_it_prints(tmp_path: Path) -> None:
+    wall, cpu, inference = _run_infer(
+        GOLDEN_SEED0, GOLDEN_CHECKPOINT, tmp_path / "out.exr", timeout=300
+    )
+    assert (tmp_path / "out.exr").stat().st_size > 0
+    assert 0 < inference < wall
+    assert cpu > 0

@@ -109,7 +109,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     megapixels = exposures.width * exposures.height / 1e6
     print(
         f"wrote {args.output} ({exposures.width}x{exposures.height}, {len(plan)} tile(s),"
-        f" {elapsed:.1f} s, {megapixels / elapsed:.3f} MP/s, {engine.backend}"
+        f" {elapsed:.2f} s, {megapixels / elapsed:.3f} MP/s, {engine.backend}"
         f" {engine.precision} on {engine.device})"
     )
     return 0

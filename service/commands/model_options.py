@@ -32,7 +32,7 @@ def add_model_arguments(target: ArgumentTarget) -> None:
     target.add_argument(
         "--precision",
         choices=("auto", "fp32", "fp16", "bf16"),
-        help="network arithmetic (reduced precision needs a GPU)",
+        help="network arithmetic (fp16 needs a GPU; bf16 a GPU or a CPU with AVX-512 BF16 or AMX)",
     )
     target.add_argument("--device", choices=("auto", "cpu", "cuda"), help="inference device")
 

@@ -16,6 +16,7 @@ import numpy as np
 from service.engines.base import TileBatch
 from service.engines.cache import safe_name, weights_digest
 from service.engines.onnx_export import INPUT_NAME, OPSETS, OUTPUT_NAME, export_onnx
+from service.engines.runtime import usable_cpus
 from service.errors import EngineUnavailable
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,12 @@ class OnnxRuntimeEngine:
                 # The planned-pattern arena holds every intermediate of the largest run
                 # at once; without it ORT reuses buffers (178 vs 262 MB at 128x128).
                 options.enable_mem_pattern = False
+                # ORT sizes its pool to the host's cores and spins idle threads; use the
+                # CPUs this process may run on, and let idle threads sleep (as OpenMP's,
+                # see engines.runtime.tune_cpu_threads).
+                options.intra_op_num_threads = usable_cpus()
+                options.inter_op_num_threads = 1
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
                 session = self._ort.InferenceSession(
                     str(path), sess_options=options, providers=self._providers
                 )

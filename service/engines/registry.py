@@ -12,6 +12,7 @@ default of ``Settings``.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -115,7 +116,34 @@ def _torch_afunet(spec: ModelSpec, serving: ServingConfig, settings: Settings) -
             cuda_graphs=settings.cuda_graphs,
         )
 
-    return _fp16_gated(spec, settings, build, serving.precision)
+    engine = _fp16_gated(spec, settings, build, serving.precision)
+    if engine.precision == "bf16" and engine.device == "cpu":
+        return _cpu_bf16_gated(engine, build)
+    return engine
+
+
+#: Probe size of the CPU bf16 parity check: two small scenes keep it to a few seconds.
+CPU_PARITY_PROBE = 128
+
+
+def _cpu_bf16_gated(engine: Engine, build: Callable[[str], Engine]) -> Engine:
+    """A CPU bf16 engine serves only where it passes the same parity check as fp16 on a
+    GPU; below it, fp32 serves and says why."""
+    from service.engines.parity import FP16_MIN_PSNR_MU_DB, parity_db, probe_inputs
+
+    reference = build("fp32")
+    score = parity_db(engine, reference, probe_inputs(CPU_PARITY_PROBE, CPU_PARITY_PROBE))
+    if score >= FP16_MIN_PSNR_MU_DB:
+        log.info("CPU bf16 parity %.1f dB PSNR-mu against fp32: serving bf16", score)
+        engine.parity_db = score  # type: ignore[attr-defined]
+        return engine
+    log.warning(
+        "CPU bf16 parity %.1f dB PSNR-mu is below %.0f dB: serving fp32", score, FP16_MIN_PSNR_MU_DB
+    )
+    reference.fallback_reason = (  # type: ignore[attr-defined]
+        f"bf16 parity {score:.1f} dB < {FP16_MIN_PSNR_MU_DB:.0f} dB"
+    )
+    return reference
 
 
 def _onnxruntime_afunet(spec: ModelSpec, serving: ServingConfig, settings: Settings) -> Engine:
@@ -127,10 +155,14 @@ def _onnxruntime_afunet(spec: ModelSpec, serving: ServingConfig, settings: Setti
 
 
 def _tensorrt_afunet(spec: ModelSpec, serving: ServingConfig, settings: Settings) -> Engine:
-    from service.engines.tensorrt_engine import TensorRTEngine
-
     if settings.device == "cpu":
         raise EngineUnavailable("TensorRT needs a GPU and HDR_DEVICE is cpu")
+    # Looked up before importing the backend, which pulls in the ONNX export path: a CPU
+    # host without TensorRT should not pay for modules it cannot use.
+    if importlib.util.find_spec("tensorrt") is None:
+        raise EngineUnavailable("TensorRT is not installed: No module named 'tensorrt'")
+    from service.engines.tensorrt_engine import TensorRTEngine
+
     precision = serving.precision
 
     def build(precision: str) -> TensorRTEngine:
@@ -292,7 +324,7 @@ def _precision_note(engine: Engine) -> str | None:
     if reason:
         return f"serving {engine.precision}: {reason}"
     score = getattr(engine, "parity_db", None)
-    return None if score is None else f"fp16 parity {score:.1f} dB PSNR-mu vs fp32"
+    return None if score is None else f"{engine.precision} parity {score:.1f} dB PSNR-mu vs fp32"
 
 
 def open_engine(spec: ModelSpec, serving: ServingConfig, settings: Settings) -> Engine:

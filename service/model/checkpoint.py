@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+import zipfile
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -59,7 +60,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         with warnings.catch_warnings():
             # Old pickle protocols warn; the file is judged by whether it loads.
             warnings.simplefilter("ignore")
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            # Memory-mapped: tensors are views of the page cache, not copies read into
+            # the heap. Only the zip format (every torch.save since 1.6) can be mapped.
+            obj = torch.load(
+                path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
+            )
     except Exception as exc:  # the unpickler of untrusted bytes fails in many types
         raise CheckpointError(
             f"checkpoint {path} is not a readable PyTorch checkpoint"
@@ -188,6 +193,8 @@ def load_afunet(
         raise CheckpointMismatch(
             f"checkpoint {path} has non-float parameters: {_listing(non_float)}"
         )
-    model.load_state_dict({k: v.float() for k, v in kept.items()}, strict=True)
+    # assign=True makes the checkpoint's (memory-mapped) tensors the parameters instead of
+    # copying them into freshly initialised ones; .float() is a no-op on float32 weights.
+    model.load_state_dict({k: v.float() for k, v in kept.items()}, strict=True, assign=True)
     log.info("loaded AFUNet checkpoint %s (%d tensors)", path, len(kept))
     return model.to(device).eval()
