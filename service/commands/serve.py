@@ -43,11 +43,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+if TYPE_CHECKING:  # imported where used: `infer` builds this parser and must not load redis
+    import redis
 
 from service import lifeline
 from service.commands.api import add_arguments as add_listen_arguments
@@ -180,6 +179,10 @@ def _has_aof(directory: Path) -> bool:
 
 def _client(socket: str | Path, timeout: float) -> redis.Redis:
     """A client that fails at once instead of retrying: the callers poll on their own."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
     return redis.Redis(
         unix_socket_path=str(socket),
         socket_timeout=timeout,
@@ -251,6 +254,8 @@ def _start_redis(
 def _wait_until_answering(
     process: subprocess.Popen[bytes], socket: Path, directory: Path
 ) -> redis.Redis:
+    import redis
+
     client = _client(socket, 5.0)
     deadline = time.monotonic() + REDIS_START_SECONDS
     while True:
@@ -346,6 +351,8 @@ def _stop_stale_redis(directory: Path) -> None:
 
 def _pid_serving(socket: str, directory: Path) -> int | None:
     """The pid of the Redis answering on ``socket``, if it keeps its data in ``directory``."""
+    import redis
+
     if not Path(socket).exists():
         return None
     client = _client(socket, 2.0)
