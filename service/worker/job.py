@@ -60,6 +60,10 @@ class ActiveJob:
     """Whether it holds one of the worker's ``1 + prefetch_jobs`` slots (see runner)."""
     engine_started: bool = False
     """Whether its turn on the engine has begun: a prefetched job has not started."""
+    holds_engine: bool = False
+    """Whether its engine turn is on (from the turn's start to its last engine call)."""
+    turn_wait: float = 0.0
+    """Seconds its inference waited for the engine turn (not counted as inference)."""
 
     @property
     def job_id(self) -> str:

@@ -28,6 +28,10 @@ Lifecycle
    cancel is seen while it waits, and a dead worker's prefetched jobs are re-delivered
    like any other. ``prefetch_jobs = 0`` holds the slot to the job's end: one job at a
    time, start to end.
+   **Cross-job batching** (``batch_delay_ms`` > 0): the jobs in hand do not take turns on
+   the engine but run their tile loops together through one
+   :class:`~service.engines.batching.BatchingEngine` per model, which packs their tile
+   batches (same tile shape and EV stops) into engine calls of up to the tile batch.
    Heartbeats (:mod:`service.worker.heartbeat`) and the blob sweeper
    (:mod:`service.storage.lifecycle`) run beside the loop.
 4. **SIGTERM/SIGINT: drain.** Stop taking jobs; prefetched jobs that have not reached
@@ -64,6 +68,8 @@ from typing import Any, Final
 from redis.exceptions import OutOfMemoryError, RedisError
 
 from service.config import Settings
+from service.engines.base import Engine
+from service.engines.batching import BatchingEngine
 from service.engines.pipeline import reconstruct
 from service.engines.registry import ServedModel
 from service.engines.runtime import keep_freed_memory
@@ -142,7 +148,9 @@ class Worker:
         """The jobs in hand (being decoded, waiting for or on the engine, being stored)."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._engine = asyncio.Lock()
-        """Held by the job whose tile batches are running: one at a time."""
+        """Held by the job whose tile batches are running: one at a time (unless batching)."""
+        self._batchers: dict[str, BatchingEngine] = {}
+        """Per model, with ``batch_delay_ms`` > 0: the engine all jobs in hand share."""
         self._slots = asyncio.Semaphore(1 + settings.prefetch_jobs)
         """Jobs claimed and not yet through the engine (see the module docstring)."""
         self._in_hand = asyncio.Semaphore(2 * (1 + settings.prefetch_jobs))
@@ -608,27 +616,20 @@ class Worker:
             raise BadRequest(f"tile_size: {exc}") from exc
         delivery = job.delivery
 
-        ready = time.perf_counter()
-        await self._engine_turn(job)
-        self.metrics.prefetch_wait_seconds.observe(time.perf_counter() - ready)
         try:
-            stop = await self._report(job, 0, len(plan))
-            if stop is not None:
-                raise stop
             began = time.perf_counter()
             hdr = await asyncio.to_thread(
                 reconstruct,
-                MeteredEngine(model.engine, self.metrics),
+                self._engine_for(name, model),
                 exposures,
                 plan,
                 model.tile_batch,
                 self._progress_bridge(job),
+                _Turn(self, job, len(plan)),
             )
-            inference = time.perf_counter() - began
+            inference = time.perf_counter() - began - job.turn_wait
         finally:
-            self._engine.release()
-            if self.settings.prefetch_jobs > 0:
-                self._free_slot(job)  # the engine is free: claim the next job now
+            self._leave_engine(job)
 
         began = time.perf_counter()
         result = await asyncio.to_thread(encode_exr, hdr, "float32")
@@ -660,12 +661,14 @@ class Worker:
         self._observe(job, name, record, exposures, len(plan), timings, store, inference)
         return Outcome.SUCCEEDED
 
-    async def _engine_turn(self, job: ActiveJob) -> None:
+    async def _engine_turn(self, job: ActiveJob, tiles: int) -> None:
         """Wait (in claim order) until the engine is free, then hold it for ``job``.
 
         While it waits the job is kept alive (no stall: waiting is not hanging) and
-        checked for a cancel, a take-over and a hand-back, which end the wait.
+        checked for a cancel, a take-over and a hand-back, which end the wait. Raises
+        the :class:`JobStopped` that ends the job, else reports its progress (0 tiles).
         """
+        began = time.perf_counter()
 
         async def keep_waiting() -> bool:
             if job.lost.is_set() or job.handback.is_set():
@@ -675,18 +678,50 @@ class Worker:
             job.last_progress = time.monotonic()
             return True
 
-        if not await self._acquire(self._engine, keep_waiting):
+        if not self._batching and not await self._acquire(self._engine, keep_waiting):
             if job.lost.is_set():
                 raise Lost()
             if job.handback.is_set():
                 raise HandedBack()
             raise Cancelled()
-        job.engine_started = True
+        job.holds_engine = job.engine_started = True
+        job.turn_wait = time.perf_counter() - began
+        self.metrics.prefetch_wait_seconds.observe(job.turn_wait)
         job.last_progress = time.monotonic()
         if not self._taking_jobs() and job.drain_timer is None:
             # Told to stop (or the engine faulted) before this job was in hand, so
             # request_stop did not see it: it is not ours to start any more.
             job.handback.set()
+        stop = await self._report(job, 0, tiles)
+        if stop is not None:
+            raise stop
+
+    def _leave_engine(self, job: ActiveJob) -> None:
+        """End ``job``'s engine turn (once): the next job may start its engine calls, and
+        with prefetching one more job may be claimed."""
+        if job.holds_engine:
+            job.holds_engine = False
+            if not self._batching:
+                self._engine.release()
+        if self.settings.prefetch_jobs > 0:
+            self._free_slot(job)
+
+    @property
+    def _batching(self) -> bool:
+        return self.settings.batch_delay_ms > 0
+
+    def _engine_for(self, name: str, model: ServedModel) -> Engine:
+        """The engine a job's tiles go to: metered; shared and packing when batching."""
+        if not self._batching:
+            return MeteredEngine(model.engine, self.metrics)
+        batcher = self._batchers.get(name)
+        if batcher is None:
+            batcher = self._batchers[name] = BatchingEngine(
+                MeteredEngine(model.engine, self.metrics),
+                model.tile_batch,
+                self.settings.batch_delay_ms / 1000,
+            )
+        return batcher
 
     def _free_slot(self, job: ActiveJob) -> None:
         if job.holds_slot:
@@ -769,6 +804,26 @@ class Worker:
                 raise verdict
 
         return on_progress
+
+
+class _Turn:
+    """The :class:`~service.engines.pipeline.EngineTurn` of one job: the inference thread
+    builds its first tile batch, then waits here for the engine (on the worker's loop),
+    and gives the engine up as soon as its last engine call returns, so the next job's
+    calls start while this one blends its last tiles."""
+
+    def __init__(self, worker: Worker, job: ActiveJob, tiles: int) -> None:
+        self._worker = worker
+        self._job = job
+        self._tiles = tiles
+        self._loop = asyncio.get_running_loop()
+
+    def enter(self) -> None:
+        turn = self._worker._engine_turn(self._job, self._tiles)
+        asyncio.run_coroutine_threadsafe(turn, self._loop).result()
+
+    def leave(self) -> None:
+        self._loop.call_soon_threadsafe(self._worker._leave_engine, self._job)
 
 
 # ---------------------------------------------------------------------- process entry points
