@@ -11,10 +11,11 @@ OpenEXR and stored.
 Every job is queued before the worker starts, so the worker never waits for uploads.
 Throughput is measured between the first and the last job's finish, ``(N - 1) / (last -
 first)``, so the worker's start-up and the pipeline's filling are left out; the engine's
-busy fraction is the worker's own ``hdr_worker_engine_busy_seconds_total`` over the same
-span. Without prefetch a job costs ``T + CPU work`` (decode, blend, encode, store); with
-prefetch >= 1 the CPU work of the neighbouring jobs overlaps the engine, and jobs/s
-approaches ``1 / T`` once T is at least the CPU work per job (the goal: >= 0.9 / T).
+busy fraction is the worker's own ``hdr_worker_engine_busy_seconds_total`` over the time
+from the first job's start to the last one's finish. Without prefetch a job costs
+``T + CPU work`` (decode, blend, encode, store); with prefetch >= 1 the CPU work of the
+neighbouring jobs overlaps the engine, and jobs/s approaches ``1 / T`` once T is at least
+the CPU work per job (the goal: >= 0.9 / T).
 
 The second figure counts engine calls for 64 small (128x128, one tile each) jobs queued
 at once, with cross-job tile batching (``HDR_BATCH_DELAY_MS``) and without.
@@ -227,11 +228,12 @@ def throughput(
         done = [wait_done(client, job_id, 0.05) for job_id in ids]
         busy = svc.worker_metric("hdr_worker_engine_busy_seconds_total")
     finished = sorted(_time(job, "finished_at") for job in done)
-    span = finished[-1] - finished[0]
-    # The worker's engine time (warm-up not counted) of the N - 1 jobs that finished in
-    # the span: every job is one engine call.
-    busy_fraction = busy * (jobs - 1) / jobs / span
-    return Run(prefetch, (jobs - 1) / span, busy_fraction)
+    first_start = min(_time(job, "started_at") for job in done)
+    # The worker's engine time (its warm-up is not metered) over its whole work, from the
+    # first job's start to the last one's end: the first decode and the last encode are
+    # in it, so with prefetch this slightly understates the steady busy fraction.
+    busy_fraction = busy / (finished[-1] - first_start)
+    return Run(prefetch, (jobs - 1) / (finished[-1] - finished[0]), busy_fraction)
 
 
 def small_jobs(redis_url: str, jobs: int, engine_seconds: float, delay_ms: float) -> int:

@@ -86,9 +86,7 @@ def test_an_engine_error_reaches_every_caller_of_the_call() -> None:
     assert errors == ["non-finite values in the tile output"] * 2
 
 
-async def run_jobs(
-    broker: Broker, settings: Settings, engine: CountingEngine
-) -> list[np.ndarray]:
+async def run_jobs(broker: Broker, settings: Settings, engine: CountingEngine) -> list[np.ndarray]:
     """Queue JOBS one-tile jobs (different scenes), then run one worker over them."""
     ids = []
     for seed in range(JOBS):
