@@ -195,7 +195,7 @@ class Worker:
     def _running(self) -> ActiveJob | None:
         """The job on the engine (else the oldest in hand), for the heartbeat and the log."""
         jobs = list(self._jobs.values())
-        return next((j for j in jobs if j.engine_started), jobs[0] if jobs else None)
+        return next((j for j in jobs if j.holds_engine), jobs[0] if jobs else None)
 
     def _heartbeat_info(self) -> dict[str, Any]:
         reason = self.not_ready_reason()
