@@ -367,22 +367,24 @@ class Worker:
         order of the lock: prefetched jobs reach the engine in the order they were claimed.
         """
         acquiring = asyncio.ensure_future(primitive.acquire())
+        acquired = False
         try:
             while True:
                 done, _ = await asyncio.wait({acquiring}, timeout=WAIT_POLL_SECONDS)
                 if done:
+                    acquired = True
                     return True
                 verdict = keep_waiting()
                 if not (verdict if isinstance(verdict, bool) else await verdict):
-                    break
+                    return False
         finally:
-            if not acquiring.done():
-                acquiring.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await acquiring
-        if not acquiring.cancelled():  # acquired just as we gave up
-            primitive.release()
-        return False
+            if not acquired:
+                if not acquiring.done():
+                    acquiring.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await acquiring
+                if not acquiring.cancelled():  # acquired just as we gave up
+                    primitive.release()
 
     async def _start_health(self) -> HealthServer | None:
         if self._wanted_port < 0:
@@ -673,8 +675,11 @@ class Worker:
         async def keep_waiting() -> bool:
             if job.lost.is_set() or job.handback.is_set():
                 return False
-            if await self.broker.is_cancel_requested(job.job_id):
-                return False
+            try:
+                if await self.broker.is_cancel_requested(job.job_id):
+                    return False
+            except (RedisError, OSError) as exc:  # asked again at the next poll
+                log.warning("job %s: cancel flag not read (%s)", job.job_id, exc)
             job.last_progress = time.monotonic()
             return True
 
