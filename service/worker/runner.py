@@ -308,6 +308,11 @@ class Worker:
                 await self._ensure_group()
                 self.state = WorkerState.READY
                 await self.heartbeat.beat()  # tell the API now, not at the next interval
+                if self._batching and self.settings.prefetch_jobs == 0:
+                    log.warning(
+                        "HDR_BATCH_DELAY_MS is set but HDR_PREFETCH_JOBS is 0: with one job"
+                        " in hand there are no other jobs' tiles to pack"
+                    )
                 log.info(
                     "worker %s ready: serves %s (default %s)",
                     self.worker_id,
