@@ -234,6 +234,24 @@ class Settings(BaseSettings):
         description="On SIGTERM, how long a worker may finish its job before handing it back"
         " for re-delivery; keep it below Kubernetes' terminationGracePeriodSeconds.",
     )
+    prefetch_jobs: int = Field(
+        1,
+        ge=0,
+        description="Jobs a worker claims ahead of the one on its engine: they are decoded"
+        " (and the previous result encoded and stored) while the engine runs, so the engine"
+        " does not wait on the CPU. A job is claimed only once fewer than 1 + this many"
+        " are waiting for or on the engine; 0: one job at a time, start to end.",
+    )
+    batch_delay_ms: float = Field(
+        0.0,
+        ge=0,
+        description="Cross-job tile batching: above 0, the jobs a worker has in hand (1 +"
+        " HDR_PREFETCH_JOBS) run on its engine together, and their tile batches of the same"
+        " model, tile shape and EV stops are packed into one engine call of up to the tile"
+        " batch, a partial call waiting at most this many milliseconds to fill (like"
+        " Triton's max_queue_delay). For many small jobs; 0: one job on the engine at a"
+        " time, no packing.",
+    )
     worker_metrics_host: str = Field(
         "127.0.0.1",
         description="Address of the worker's /metrics and health port; loopback unless set"

@@ -51,6 +51,8 @@ NAMESPACE: Final = "hdr"
 REQUEST_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 #: Job stages: from milliseconds (encode of a small frame) to minutes (CPU inference).
 STAGE_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)
+#: Tiles per engine call: 1 up to the largest tile batches in use.
+TILES_PER_CALL_BUCKETS: Final = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64)
 #: Longest a scrape waits for Redis (scrapes time out after 10 s by default).
 REFRESH_TIMEOUT_SECONDS: Final = 2.0
 #: Upload sizes per job: 100 kB (small PNGs) to 256 MB (three 24-megapixel 16-bit TIFFs).
@@ -311,6 +313,24 @@ class WorkerMetrics:
             f"{NAMESPACE}_inference_throughput_pixels_per_second",
             "Output pixels per second of inference in the last job, by model.",
             ["model"],
+            registry=self.registry,
+        )
+        self.engine_busy_seconds = Counter(
+            f"{NAMESPACE}_worker_engine_busy_seconds_total",
+            "Seconds this worker's engine spent in engine calls; its rate() is the engine's"
+            " busy fraction (1: never idle).",
+            registry=self.registry,
+        )
+        self.tiles_per_call = Histogram(
+            f"{NAMESPACE}_worker_tiles_per_engine_call",
+            "Tiles packed into each engine call (at most the model's tile batch).",
+            buckets=TILES_PER_CALL_BUCKETS,
+            registry=self.registry,
+        )
+        self.prefetch_wait_seconds = Histogram(
+            f"{NAMESPACE}_worker_prefetch_wait_seconds",
+            "Time a claimed job, decoded and ready, waited for the engine (HDR_PREFETCH_JOBS).",
+            buckets=STAGE_BUCKETS,
             registry=self.registry,
         )
         self.model_info = Gauge(

@@ -3,13 +3,16 @@ measurement), and the whole-process timing of ``benchmarks.infer_process``."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from benchmarks.child import ChildFailed, run_in_child
 from benchmarks.infer_process import _run_infer
-from tests.factories import GOLDEN_CHECKPOINT, GOLDEN_SEED0
+from tests.factories import GOLDEN_CHECKPOINT, GOLDEN_SEED0, REPO
 
 
 def test_a_child_returns_what_its_function_returns() -> None:
@@ -34,3 +37,27 @@ def test_the_infer_process_is_timed_with_the_inference_time_it_prints(tmp_path: 
     assert (tmp_path / "out.exr").stat().st_size > 0
     assert 0 < inference < wall
     assert cpu > 0
+
+
+@pytest.mark.slow
+def test_worker_throughput_quick_run_writes_every_figure(redis_url: str, tmp_path: Path) -> None:
+    """The worker benchmark end to end at toy size (figures are checked for shape and
+    sense, not speed: this machine is shared)."""
+    out = tmp_path / "worker.json"
+    args = ["--quick", "--prefetch", "0", "1", "--json", str(out), "--redis-url", redis_url]
+    subprocess.run(
+        [sys.executable, "-m", "benchmarks.worker_throughput", *args],
+        cwd=REPO,
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
+    figures = json.loads(out.read_text())
+    assert figures["engine_seconds"] == 0.05
+    assert [run["prefetch"] for run in figures["runs"]] == [0, 1]
+    for run in figures["runs"]:
+        assert run["jobs_per_s"] > 0
+        assert 0 < run["engine_busy"] <= 1.05  # engine time over wall time, timer jitter
+    small = figures["small_jobs"]
+    assert small["engine_calls_solo"] == 4  # one tile each, nothing packed
+    assert 1 <= small["engine_calls_batched"] <= small["engine_calls_solo"]

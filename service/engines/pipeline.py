@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -21,14 +22,31 @@ from service.quality.evaluation import pad_exposures
 ProgressCallback = Callable[[int, int], None]
 
 
+class EngineTurn(Protocol):
+    """Brackets a run's engine calls, for a caller that shares the engine between runs."""
+
+    def enter(self) -> None:
+        """Called once the first tile batch is built, before the first engine call; may
+        block until the engine is free, or raise to stop the run."""
+
+    def leave(self) -> None:
+        """Called once after the last engine call returns (before its tiles are
+        blended), or when the run ends early after ``enter``."""
+
+
 def reconstruct(
     engine: Engine,
     exposures: ExposureSet,
     plan: TilePlan,
     batch: int = 1,
     on_progress: ProgressCallback | None = None,
+    turn: EngineTurn | None = None,
 ) -> np.ndarray:
     """Run ``engine`` over ``plan``'s tiles of ``exposures``: ``H x W x 3`` float32.
+
+    With ``turn``, the engine calls happen between ``turn.enter()`` and ``turn.leave()``:
+    building the first batch and blending the last happen outside, so that another
+    run's engine calls can overlap them.
 
     Each batch carries only its tiles' raw crops (preprocessing is per pixel, so building
     the input per tile equals cropping the full-frame input): memory stays proportional
@@ -41,14 +59,28 @@ def reconstruct(
         )
     blender = TileBlender(plan)
     done = 0
-    for tiles in plan.batches(batch):
-        frames = np.stack([exposures.raw_crop(t.y, t.x, plan.tile_h, plan.tile_w) for t in tiles])
-        outputs = engine.run(TileBatch(frames, exposures.evs))
-        for tile, prediction in zip(tiles, outputs, strict=True):
-            blender.add(tile, prediction)
-        done += len(tiles)
-        if on_progress is not None:
-            on_progress(done, len(plan))
+    batches = list(plan.batches(batch))
+    inside = False
+    try:
+        for i, tiles in enumerate(batches):
+            frames = np.stack(
+                [exposures.raw_crop(t.y, t.x, plan.tile_h, plan.tile_w) for t in tiles]
+            )
+            if turn is not None and i == 0:
+                turn.enter()
+                inside = True
+            outputs = engine.run(TileBatch(frames, exposures.evs))
+            if turn is not None and i == len(batches) - 1:
+                inside = False
+                turn.leave()
+            for tile, prediction in zip(tiles, outputs, strict=True):
+                blender.add(tile, prediction)
+            done += len(tiles)
+            if on_progress is not None:
+                on_progress(done, len(plan))
+    finally:
+        if inside and turn is not None:
+            turn.leave()
     return blender.result()
 
 

@@ -1,10 +1,12 @@
 """The job a worker has in hand: its state lives exactly as long as the job, not the worker.
 
-A :class:`Worker` runs one job at a time; everything that belongs to that one job (its
-delivery, whether the heartbeat keeps it claimed, the stop signals the inference thread
-checks between tile batches, progress bookkeeping, the drain timer) is an
-:class:`ActiveJob`, made when the job is received and dropped when it ends, so no field
-of one job can leak into the next. Reading a job's inputs from the blob store is here too.
+A :class:`Worker` has one job on its engine at a time, plus up to ``prefetch_jobs``
+being decoded or waiting for the engine and those being encoded and stored; everything
+that belongs to one job (its delivery, whether the heartbeat keeps it claimed, the stop
+signals the inference thread checks between tile batches, progress bookkeeping, the drain
+timer) is an :class:`ActiveJob`, made when the job is received and dropped when it
+ends, so no field of one job can leak into the next. Reading a job's inputs from the
+blob store is here too.
 """
 
 from __future__ import annotations
@@ -56,6 +58,14 @@ class ActiveJob:
     last_progress: float = field(default_factory=time.monotonic)
     tiles_reported: int = 0
     """Tiles already counted in the metrics."""
+    holds_slot: bool = False
+    """Whether it holds one of the worker's ``1 + prefetch_jobs`` slots (see runner)."""
+    engine_started: bool = False
+    """Whether its turn on the engine has begun: a prefetched job has not started."""
+    holds_engine: bool = False
+    """Whether its engine turn is on (from the turn's start to its last engine call)."""
+    turn_wait: float = 0.0
+    """Seconds its inference waited for the engine turn (not counted as inference)."""
 
     @property
     def job_id(self) -> str:

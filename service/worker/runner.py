@@ -1,4 +1,4 @@
-"""The worker: load and warm up the models, then take jobs one at a time until told to stop.
+"""The worker: load and warm up the models, then run jobs through its engine until told to stop.
 
 Lifecycle
 ---------
@@ -7,7 +7,8 @@ Lifecycle
 2. **Load and warm up** every model of the repository that opens (in a thread, so the
    heartbeat goes on), then state ``ready``: only now does ``/readyz`` answer 200 and
    ``worker --check`` exit 0.
-3. **Jobs**, one at a time (the job's own state is an :class:`ActiveJob`): receive
+3. **Jobs**, one on the engine at a time (each job's own state is an :class:`ActiveJob`,
+   each job an asyncio task): receive
    (which also takes over jobs of dead workers) -> start -> read the uploads from the
    blob store and decode them -> tiled inference in a thread -> encode a float32 OpenEXR
    -> write it to the blob store -> mark the job succeeded and ack (``complete``). A
@@ -17,14 +18,30 @@ Lifecycle
    cancellation. Every heartbeat also ``touch``-es the job in hand, so a live worker
    keeps its job however slow a tile batch is; only a dead worker's job (or a hung one,
    without progress for ``job_stall_seconds``) is re-delivered.
+   **Pipelining** (``prefetch_jobs`` > 0): the engine is the scarce part, so a job holds
+   one of ``1 + prefetch_jobs`` slots from its claim until its engine turn ends, and a new
+   job is claimed only when a slot is free, i.e. when the engine is about to be free.
+   So while one job's tile batches run, up to ``prefetch_jobs`` more are being read and
+   decoded and then wait for the engine (in claim order), and finished ones are encoded
+   and stored beside it (at most ``1 + prefetch_jobs`` of those). A prefetched job is
+   ``running`` in its record; the heartbeat renews its claim like the running one's, a
+   cancel is seen while it waits, and a dead worker's prefetched jobs are re-delivered
+   like any other. ``prefetch_jobs = 0`` holds the slot to the job's end: one job at a
+   time, start to end.
+   **Cross-job batching** (``batch_delay_ms`` > 0): the jobs in hand do not take turns on
+   the engine but run their tile loops together through one
+   :class:`~service.engines.batching.BatchingEngine` per model, which packs their tile
+   batches (same tile shape and EV stops) into engine calls of up to the tile batch.
    Heartbeats (:mod:`service.worker.heartbeat`) and the blob sweeper
    (:mod:`service.storage.lifecycle`) run beside the loop.
-4. **SIGTERM/SIGINT: drain.** Stop taking jobs; the job in hand may finish within
-   ``drain_seconds``, counted from the signal; at that deadline it is handed back
-   (``release``: re-delivered at once, no attempt spent) even mid tile batch or mid
-   decode: those run in a daemon thread the worker stops waiting for
+4. **SIGTERM/SIGINT: drain.** Stop taking jobs; prefetched jobs that have not reached
+   the engine are handed back at once (``release``: re-delivered at once, no attempt
+   spent) so another worker can start them now; the job on the engine may finish within
+   ``drain_seconds``, counted from the signal; at that deadline it is handed back even mid
+   tile batch or mid decode: those run in a daemon thread the worker stops waiting for
    (:mod:`service.worker.threads`), so the process exits at the deadline, not a tile
-   batch later. A second signal hands it back at once. Exit 0.
+   batch later. Results being encoded and stored are finished. A second signal hands
+   every job back at once. Exit 0.
 5. **Engine fault** (CUDA error and the like): the job is failed with ``retry=True`` (it
    goes back to the queue unless it was its last attempt) and the process exits with
    :data:`EXIT_ENGINE_FAULT` for its supervisor to restart it with a fresh device context.
@@ -53,6 +70,8 @@ from typing import Any, Final
 from redis.exceptions import RedisError
 
 from service.config import Settings
+from service.engines.base import Engine
+from service.engines.batching import BatchingEngine
 from service.engines.pipeline import reconstruct
 from service.engines.registry import ServedModel
 from service.engines.runtime import keep_freed_memory
@@ -68,6 +87,7 @@ from service.worker.faults import is_engine_fault
 from service.worker.health import HealthServer, build_health_app
 from service.worker.heartbeat import Heartbeat
 from service.worker.job import ActiveJob, Cancelled, HandedBack, JobStopped, Lost, read_exposures
+from service.worker.metered import MeteredEngine
 from service.worker.models import ModelNotServed, ModelSet, load_models, warm_up
 from service.worker.threads import run_until_handed_back
 
@@ -83,6 +103,9 @@ RECEIVE_BLOCK_MS: Final = 1000
 PROGRESS_REPORT_TIMEOUT_SECONDS: Final = 10.0
 #: Pauses between tries while Redis is unreachable.
 REDIS_BACKOFF_SECONDS: Final = (0.5, 1.0, 2.0, 5.0)
+#: How often a job waiting for the engine checks whether it was cancelled, taken over or
+#: is to be handed back, and how often the loop waiting for a free slot checks for a stop.
+WAIT_POLL_SECONDS: Final = 0.25
 
 
 class WorkerState(str, Enum):
@@ -124,8 +147,17 @@ class Worker:
         self._started_at = time.time()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = asyncio.Event()
-        self._job: ActiveJob | None = None
-        """The job in hand (one at a time); its state lives and dies with it."""
+        self._jobs: dict[str, ActiveJob] = {}
+        """The jobs in hand (being decoded, waiting for or on the engine, being stored)."""
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._engine = asyncio.Lock()
+        """Held by the job whose tile batches are running: one at a time (unless batching)."""
+        self._batchers: dict[str, BatchingEngine] = {}
+        """Per model, with ``batch_delay_ms`` > 0: the engine all jobs in hand share."""
+        self._slots = asyncio.Semaphore(1 + settings.prefetch_jobs)
+        """Jobs claimed and not yet through the engine (see the module docstring)."""
+        self._in_hand = asyncio.Semaphore(2 * (1 + settings.prefetch_jobs))
+        """All jobs in hand: bounds the results waiting to be encoded and stored."""
         self._claim_lock = asyncio.Lock()
         self.heartbeat = Heartbeat(
             broker,
@@ -156,18 +188,17 @@ class Worker:
             return f"no model can serve here ({reasons or 'empty model repository'})"
         if not self.heartbeat.redis_ok:
             return "Redis (the job queue) is unreachable"
-        stalled = self._stalled_seconds()
-        if stalled is not None:
-            return (
-                f"job {self._job.job_id if self._job else '?'} made no progress for {stalled:.0f} s"
-            )
+        for job in list(self._jobs.values()):
+            stalled = job.stalled_seconds(self.settings.job_stall_seconds)
+            if stalled is not None:
+                return f"job {job.job_id} made no progress for {stalled:.0f} s"
         return None
 
-    def _stalled_seconds(self) -> float | None:
-        """Seconds without progress of the job in hand, once past ``job_stall_seconds``."""
-        if self._job is None:
-            return None
-        return self._job.stalled_seconds(self.settings.job_stall_seconds)
+    @property
+    def _running(self) -> ActiveJob | None:
+        """The job on the engine (else the oldest in hand), for the heartbeat and the log."""
+        jobs = list(self._jobs.values())
+        return next((j for j in jobs if j.holds_engine), jobs[0] if jobs else None)
 
     def _heartbeat_info(self) -> dict[str, Any]:
         reason = self.not_ready_reason()
@@ -179,7 +210,8 @@ class Worker:
             "models": models.describe(self.state is WorkerState.READY) if models else {},
             "unavailable": dict(models.unavailable) if models else {},
             "default_model": models.default if models else None,
-            "job": self._job.job_id if self._job else None,
+            "job": running.job_id if (running := self._running) else None,
+            "jobs": list(self._jobs),
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "metrics_port": self.health_port,
@@ -195,16 +227,19 @@ class Worker:
         loses its job.
         """
         async with self._claim_lock:
-            job = self._job
-            if job is None or not job.claimed or self._stalled_seconds() is not None:
-                return
-            try:
-                owned = await self.broker.touch(job.delivery)
-            except (RedisError, OSError) as exc:
-                log.warning("job %s: could not renew its claim (%s)", job.job_id, exc)
-                return
-            if not owned and job.claimed:
-                job.lost.set()
+            for job in list(self._jobs.values()):
+                if (
+                    not job.claimed
+                    or job.stalled_seconds(self.settings.job_stall_seconds) is not None
+                ):
+                    continue
+                try:
+                    owned = await self.broker.touch(job.delivery)
+                except (RedisError, OSError) as exc:
+                    log.warning("job %s: could not renew its claim (%s)", job.job_id, exc)
+                    return
+                if not owned and job.claimed:
+                    job.lost.set()
 
     @staticmethod
     async def _end_task(task: asyncio.Task[None]) -> None:
@@ -222,7 +257,8 @@ class Worker:
     # ------------------------------------------------------------------ lifecycle
 
     def request_stop(self) -> None:
-        """Stop taking jobs; the job in hand has ``drain_seconds`` (a second call: none).
+        """Stop taking jobs; the job on the engine has ``drain_seconds`` (a second call:
+        none), prefetched ones are handed back at once.
 
         Safe to call from any thread (a signal handler, a test, a supervisor thread): the
         request is carried over to the worker's own event loop.
@@ -237,24 +273,28 @@ class Worker:
                 loop.call_soon_threadsafe(self.request_stop)
                 return
         if self._stopping.is_set():
-            log.warning("second stop request: handing the job in hand back now")
-            if self._job is not None:
-                self._job.hand_back()
+            log.warning("second stop request: handing the jobs in hand back now")
+            for job in self._jobs.values():
+                job.hand_back()
             return
         self._stopping.set()
         if self.state is not WorkerState.STOPPED:
             self.state = WorkerState.DRAINING
-        if self._job is not None:
-            log.info(
-                "draining: job %s may finish within %s s",
-                self._job.job_id,
-                self.settings.drain_seconds,
-            )
-            self._job.drain_timer = asyncio.get_running_loop().call_later(
-                self.settings.drain_seconds, self._job.hand_back
-            )
-        else:
+        if not self._jobs:
             log.info("stopping: no job in hand")
+        for job in self._jobs.values():
+            if not job.engine_started:
+                log.info("draining: handing prefetched job %s back", job.job_id)
+                job.hand_back()
+            elif job.drain_timer is None:
+                log.info(
+                    "draining: job %s may finish within %s s",
+                    job.job_id,
+                    self.settings.drain_seconds,
+                )
+                job.drain_timer = asyncio.get_running_loop().call_later(
+                    self.settings.drain_seconds, job.hand_back
+                )
 
     async def run(self) -> int:
         """Serve until :meth:`request_stop` or an engine fault; returns the exit status."""
@@ -271,27 +311,46 @@ class Worker:
                 await self._ensure_group()
                 self.state = WorkerState.READY
                 await self.heartbeat.beat()  # tell the API now, not at the next interval
+                if self._batching and self.settings.prefetch_jobs == 0:
+                    log.warning(
+                        "HDR_BATCH_DELAY_MS is set but HDR_PREFETCH_JOBS is 0: with one job"
+                        " in hand there are no other jobs' tiles to pack"
+                    )
                 log.info(
                     "worker %s ready: serves %s (default %s)",
                     self.worker_id,
                     ", ".join(sorted(self._models.served)) or "nothing",
                     self._models.default,
                 )
-            while not self._stopping.is_set():
+            while self._taking_jobs():
                 if not self._models.served:  # not ready; the heartbeat says why
                     await self._pause(self.settings.heartbeat_interval_seconds)
                     continue
-                delivery = await self._receive()
-                if delivery is not None:
-                    await self._handle(delivery)
-                if self.exit_code != EXIT_OK:
+                if not await self._acquire(self._in_hand, self._taking_jobs):
                     break
+                if not await self._acquire(self._slots, self._taking_jobs):
+                    self._in_hand.release()
+                    break
+                delivery = await self._receive()
+                if delivery is None:
+                    self._slots.release()
+                    self._in_hand.release()
+                    continue
+                task = asyncio.create_task(self._handle(delivery), name=delivery.job_id)
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
         except Exception as exc:
             if not is_engine_fault(exc):
                 raise
             log.critical("engine fault outside a job: %s", exc, exc_info=True)
             self.exit_code = EXIT_ENGINE_FAULT
         finally:
+            if self.exit_code != EXIT_OK:  # the engine is gone: jobs waiting for it go back
+                for job in self._jobs.values():
+                    if not job.engine_started:
+                        job.hand_back()
+            if self._tasks:
+                await asyncio.wait(set(self._tasks))
             self.state = WorkerState.STOPPED
             await self._end_task(sweeper)
             await self._end_task(heartbeat)
@@ -300,6 +359,40 @@ class Worker:
                 await health.stop()
         log.info("worker %s stopped (exit status %s)", self.worker_id, self.exit_code)
         return self.exit_code
+
+    def _taking_jobs(self) -> bool:
+        return not self._stopping.is_set() and self.exit_code == EXIT_OK
+
+    @staticmethod
+    async def _acquire(
+        primitive: asyncio.Lock | asyncio.Semaphore,
+        keep_waiting: Callable[[], bool | Awaitable[bool]],
+    ) -> bool:
+        """Acquire ``primitive`` unless ``keep_waiting`` (asked every
+        :data:`WAIT_POLL_SECONDS`) says to give up; True when acquired.
+
+        One acquiring task waits throughout, so the waiter keeps its place in the FIFO
+        order of the lock: prefetched jobs reach the engine in the order they were claimed.
+        """
+        acquiring = asyncio.ensure_future(primitive.acquire())
+        acquired = False
+        try:
+            while True:
+                done, _ = await asyncio.wait({acquiring}, timeout=WAIT_POLL_SECONDS)
+                if done:
+                    acquired = True
+                    return True
+                verdict = keep_waiting()
+                if not (verdict if isinstance(verdict, bool) else await verdict):
+                    return False
+        finally:
+            if not acquired:
+                if not acquiring.done():
+                    acquiring.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await acquiring
+                if not acquiring.cancelled():  # acquired just as we gave up
+                    primitive.release()
 
     async def _start_health(self) -> HealthServer | None:
         if self._wanted_port < 0:
@@ -385,8 +478,9 @@ class Worker:
         then the job is re-delivered anyway, and holding on would only delay this worker.
         """
         async with self._claim_lock:
-            if self._job is not None and self._job.delivery is delivery:
-                self._job.claimed = False
+            job = self._jobs.get(delivery.job_id)
+            if job is not None and job.delivery is delivery:
+                job.claimed = False
         deadline = time.monotonic() + self.settings.visibility_timeout_seconds
         attempt = 0
         while True:
@@ -407,9 +501,14 @@ class Worker:
     # ------------------------------------------------------------------ one job
 
     async def _handle(self, delivery: Delivery) -> None:
-        """Run one delivered job to its end, whatever happens, and count the outcome."""
+        """Run one delivered job to its end, whatever happens, and count the outcome.
+
+        The job holds a slot (taken by the loop before receiving it) until its engine
+        turn ends, or to its end when nothing is prefetched.
+        """
         assert self._models is not None
-        job = self._job = ActiveJob(delivery)
+        job = ActiveJob(delivery, holds_slot=True)
+        self._jobs[job.job_id] = job
         try:
             outcome = await self._attempt(job, self._models)
         except RedisError as exc:
@@ -418,9 +517,17 @@ class Worker:
             )
             self.heartbeat.redis_ok = False
             return
+        except Exception:
+            # _attempt settles every failure of the job; this is a bug in the worker, and
+            # the job is re-delivered after the visibility timeout.
+            log.exception("job %s: unexpected error in the worker", delivery.job_id)
+            return
         finally:
             job.end()
-            self._job = None
+            self._free_slot(job)
+            self._in_hand.release()
+            if self._jobs.get(job.job_id) is job:
+                del self._jobs[job.job_id]
         if outcome is not None:
             self.metrics.jobs.labels(outcome=outcome.value).inc()
 
@@ -519,24 +626,25 @@ class Worker:
         except ValueError as exc:
             raise BadRequest(f"tile_size: {exc}") from exc
         delivery = job.delivery
-        stop = await self._report(job, 0, len(plan))
-        if stop is not None:
-            raise stop
 
-        began = time.perf_counter()
-        hdr = await run_until_handed_back(
-            job.overdue,
-            partial(
-                reconstruct,
-                model.engine,
-                exposures,
-                plan,
-                model.tile_batch,
-                self._progress_bridge(job),
-            ),
-            f"inference {record.id}",
-        )
-        inference = time.perf_counter() - began
+        try:
+            began = time.perf_counter()
+            hdr = await run_until_handed_back(
+                job.overdue,
+                partial(
+                    reconstruct,
+                    self._engine_for(name, model),
+                    exposures,
+                    plan,
+                    model.tile_batch,
+                    self._progress_bridge(job),
+                    _Turn(self, job, len(plan)),
+                ),
+                f"inference {record.id}",
+            )
+            inference = time.perf_counter() - began - job.turn_wait
+        finally:
+            self._leave_engine(job)
 
         began = time.perf_counter()
         result = await asyncio.to_thread(encode_exr, hdr, "float32")
@@ -567,6 +675,76 @@ class Worker:
             return Outcome.LOST
         self._observe(job, name, record, exposures, len(plan), timings, store, inference)
         return Outcome.SUCCEEDED
+
+    async def _engine_turn(self, job: ActiveJob, tiles: int) -> None:
+        """Wait (in claim order) until the engine is free, then hold it for ``job``.
+
+        While it waits the job is kept alive (no stall: waiting is not hanging) and
+        checked for a cancel, a take-over and a hand-back, which end the wait. Raises
+        the :class:`JobStopped` that ends the job, else reports its progress (0 tiles).
+        """
+        began = time.perf_counter()
+
+        async def keep_waiting() -> bool:
+            if job.lost.is_set() or job.handback.is_set():
+                return False
+            try:
+                if await self.broker.is_cancel_requested(job.job_id):
+                    return False
+            except (RedisError, OSError) as exc:  # asked again at the next poll
+                log.warning("job %s: cancel flag not read (%s)", job.job_id, exc)
+            job.last_progress = time.monotonic()
+            return True
+
+        if not self._batching and not await self._acquire(self._engine, keep_waiting):
+            if job.lost.is_set():
+                raise Lost()
+            if job.handback.is_set():
+                raise HandedBack()
+            raise Cancelled()
+        job.holds_engine = job.engine_started = True
+        job.turn_wait = time.perf_counter() - began
+        self.metrics.prefetch_wait_seconds.observe(job.turn_wait)
+        job.last_progress = time.monotonic()
+        if not self._taking_jobs() and job.drain_timer is None:
+            # Told to stop (or the engine faulted) before this job was in hand, so
+            # request_stop did not see it: it is not ours to start any more.
+            job.hand_back()
+        stop = await self._report(job, 0, tiles)
+        if stop is not None:
+            raise stop
+
+    def _leave_engine(self, job: ActiveJob) -> None:
+        """End ``job``'s engine turn (once): the next job may start its engine calls, and
+        with prefetching one more job may be claimed."""
+        if job.holds_engine:
+            job.holds_engine = False
+            if not self._batching:
+                self._engine.release()
+        if self.settings.prefetch_jobs > 0:
+            self._free_slot(job)
+
+    @property
+    def _batching(self) -> bool:
+        return self.settings.batch_delay_ms > 0
+
+    def _engine_for(self, name: str, model: ServedModel) -> Engine:
+        """The engine a job's tiles go to: metered; shared and packing when batching."""
+        if not self._batching:
+            return MeteredEngine(model.engine, self.metrics)
+        batcher = self._batchers.get(name)
+        if batcher is None:
+            batcher = self._batchers[name] = BatchingEngine(
+                MeteredEngine(model.engine, self.metrics),
+                model.tile_batch,
+                self.settings.batch_delay_ms / 1000,
+            )
+        return batcher
+
+    def _free_slot(self, job: ActiveJob) -> None:
+        if job.holds_slot:
+            job.holds_slot = False
+            self._slots.release()
 
     def _observe(
         self,
@@ -643,6 +821,26 @@ class Worker:
                 raise verdict
 
         return on_progress
+
+
+class _Turn:
+    """The :class:`~service.engines.pipeline.EngineTurn` of one job: the inference thread
+    builds its first tile batch, then waits here for the engine (on the worker's loop),
+    and gives the engine up as soon as its last engine call returns, so the next job's
+    calls start while this one blends its last tiles."""
+
+    def __init__(self, worker: Worker, job: ActiveJob, tiles: int) -> None:
+        self._worker = worker
+        self._job = job
+        self._tiles = tiles
+        self._loop = asyncio.get_running_loop()
+
+    def enter(self) -> None:
+        turn = self._worker._engine_turn(self._job, self._tiles)
+        asyncio.run_coroutine_threadsafe(turn, self._loop).result()
+
+    def leave(self) -> None:
+        self._loop.call_soon_threadsafe(self._worker._leave_engine, self._job)
 
 
 # ---------------------------------------------------------------------- process entry points

@@ -77,6 +77,10 @@ def test_api_and_worker_metrics_after_a_golden_job(
     info = {"model": "afunet", "version": "1", "architecture": "afunet"}
     info |= {"backend": "torch", "precision": "fp32", "device": "cpu"}
     assert value(work, "hdr_model_info", **info) == 1
+    assert value(work, "hdr_worker_engine_busy_seconds_total") > 0
+    assert value(work, "hdr_worker_tiles_per_engine_call_count") == 1  # one 128-px tile
+    assert value(work, "hdr_worker_tiles_per_engine_call_sum") == 1
+    assert value(work, "hdr_worker_prefetch_wait_seconds_count") == 1
     assert value(work, "hdr_worker_ready") == 1
     assert value(work, "hdr_worker_heartbeats_total") >= 1
     assert value(work, "hdr_worker_last_heartbeat_timestamp_seconds") > 0

@@ -7,6 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
+from service.engines.base import TileBatch
+from service.engines.classical import ClassicalEngine
 from service.engines.pipeline import reconstruct
 from service.engines.tiling import Tile, TileBlender, TilePlan, tile_count
 from service.engines.torch_engine import TorchEngine
@@ -126,3 +128,62 @@ def test_tile_count_is_the_plans_length_without_building_it(
     assert tile_count(height, width, tile, overlap) == len(
         TilePlan.build(height, width, tile, overlap)
     )
+
+
+class _Recorder:
+    """An engine and an engine turn that log what the pipeline calls, in order."""
+
+    backend, device, precision = "classical", "cpu", "fp32"
+
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        self.inner = ClassicalEngine()
+
+    def warmup(self, tile_h: int, tile_w: int, batch: int) -> None:
+        """Nothing to warm."""
+
+    def run(self, batch: TileBatch) -> np.ndarray:
+        self.events.append(f"run {batch.size}")
+        return self.inner.run(batch)
+
+    def enter(self) -> None:
+        self.events.append("enter")
+
+    def leave(self) -> None:
+        self.events.append("leave")
+
+
+def test_engine_turn_brackets_exactly_the_engine_calls() -> None:
+    recorder = _Recorder()
+    exposures = _exposures(80, 80, seed=3)
+    plan = TilePlan.build(80, 80, 48, 16)  # 4 tiles: batches of 3 and 1
+    reported: list[int] = []
+
+    def progress(done: int, total: int) -> None:
+        recorder.events.append(f"progress {done}/{total}")
+        reported.append(done)
+
+    hdr = reconstruct(recorder, exposures, plan, 3, progress, turn=recorder)
+
+    # The turn is left as soon as the last call returns, before its tiles are blended.
+    assert recorder.events == [
+        "enter",
+        "run 3",
+        "progress 3/4",
+        "run 1",
+        "leave",
+        "progress 4/4",
+    ]
+    assert np.array_equal(hdr, reconstruct(ClassicalEngine(), exposures, plan, 3))
+
+
+def test_a_run_stopped_between_batches_leaves_its_engine_turn() -> None:
+    recorder = _Recorder()
+    plan = TilePlan.build(80, 80, 48, 16)
+
+    def stop(done: int, total: int) -> None:
+        raise RuntimeError("cancelled")
+
+    with pytest.raises(RuntimeError, match="cancelled"):
+        reconstruct(recorder, _exposures(80, 80), plan, 1, stop, turn=recorder)
+    assert recorder.events == ["enter", "run 1", "leave"]
