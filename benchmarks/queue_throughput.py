@@ -44,7 +44,7 @@ import tifffile
 
 from service.config import Settings
 from service.engines.base import TileBatch
-from service.engines.registry import BACKENDS
+from service.engines.registry import BACKENDS, ServingConfig
 from service.model_repo import ModelSpec
 from service.queue import Broker, Keys, connect
 from service.queue.jobs import JobParams, StageTimings
@@ -76,13 +76,13 @@ class ZeroEngine:
         return reference.astype(np.float32) * np.float32(1 / 65536)
 
 
-def _zero_factory(_spec: ModelSpec, _settings: Settings) -> ZeroEngine:
+def _zero_factory(_spec: ModelSpec, _serving: ServingConfig, _settings: Settings) -> ZeroEngine:
     return ZeroEngine()
 
 
 def install_zero_backend() -> None:
     """Register the zero engine for the ``bench-zero`` architecture (this process only)."""
-    BACKENDS[("bench-zero", "zero")] = _zero_factory  # type: ignore[assignment]
+    BACKENDS[("bench-zero", "zero")] = _zero_factory
 
 
 def write_zero_model(repo: Path, tile_size: int = 256) -> None:
