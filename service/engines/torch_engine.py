@@ -45,13 +45,14 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
+def resolve_precision(precision: str, device: torch.device, native_bf16: bool | None = None) -> str:
     """``auto`` is bf16 on CUDA (fp32 range, so no overflow) and fp32 on CPU.
 
     On CPU ``auto`` stays fp32, exact to the official model. bf16 is served on request
     where the CPU computes it natively (AVX-512 BF16 or AMX: about 15 % less CPU time per
     forward than fp32 here, see README) and refused elsewhere, where emulated bf16 is
-    slower than fp32; fp16 needs a GPU.
+    slower than fp32; fp16 needs a GPU. ``native_bf16``: whether this CPU has them (read
+    from ``/proc/cpuinfo`` by default).
     """
     if precision == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
@@ -60,7 +61,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if device.type == "cuda" or precision == "fp32":
         return precision
     if precision == "bf16":
-        if native_bf16_cpu():
+        if native_bf16_cpu() if native_bf16 is None else native_bf16:
             return precision
         raise EngineUnavailable(
             "precision bf16 on CPU needs AVX-512 BF16 or AMX, which this CPU lacks; use fp32"

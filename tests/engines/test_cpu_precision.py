@@ -35,10 +35,10 @@ def test_avx2_or_plain_avx512_is_not_native_bf16(tmp_path: Path) -> None:
     assert not native_bf16_cpu(tmp_path / "absent")
 
 
-@pytest.mark.skipif(NATIVE_BF16, reason="this CPU has native bf16; the refusal is for others")
 def test_bf16_is_refused_on_a_cpu_without_native_bf16() -> None:
     with pytest.raises(EngineUnavailable, match="AVX-512 BF16 or AMX"):
-        resolve_precision("bf16", torch.device("cpu"))
+        resolve_precision("bf16", torch.device("cpu"), native_bf16=False)
+    assert resolve_precision("bf16", torch.device("cpu"), native_bf16=True) == "bf16"
 
 
 @pytest.mark.skipif(not NATIVE_BF16, reason="this CPU has neither AVX-512 BF16 nor AMX")
