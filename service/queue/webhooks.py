@@ -17,6 +17,8 @@ constant ``webhook-id`` lets receivers deduplicate).
 from __future__ import annotations
 
 import logging
+import math
+import time
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Final
@@ -45,7 +47,7 @@ redis.call('HINCRBY', KEYS[2], 'webhook_attempts', 1)
 return {{'claimed', redis.call('HGETALL', KEYS[2])}}
 """
 
-#: KEYS webhooks, job; ARGV job_id, status, due_at, error ('' for none) -> 1
+#: KEYS webhooks, job; ARGV job_id, status, due_at, error ('' for none), record_ttl -> 1
 _SETTLE: Final = f"""
 local exists = redis.call('EXISTS', KEYS[2]) == 1
 if exists and ARGV[2] == '{WebhookStatus.PENDING.value}' then
@@ -57,6 +59,9 @@ end
 if exists then
   redis.call('HSET', KEYS[2], 'webhook_status', ARGV[2])
   if ARGV[4] ~= '' then redis.call('HSET', KEYS[2], 'webhook_error', ARGV[4]) end
+  -- An attempt's outcome is a state change of the job: its TTL restarts, and while a
+  -- retry is due the record (which the retry sends) lives a full TTL past it.
+  redis.call('EXPIRE', KEYS[2], ARGV[5])
 end
 return 1
 """
@@ -89,9 +94,12 @@ class ClaimMiss(str, Enum):
 class WebhookQueue:
     """The ``webhooks`` due-set of one deployment."""
 
-    def __init__(self, redis: Redis, keys: Keys) -> None:
+    def __init__(self, redis: Redis, keys: Keys, ttl_seconds: int) -> None:
         self.redis = redis
         self.keys = keys
+        self.ttl_seconds = ttl_seconds
+        """The job TTL: a settled record lives this long after its webhook's last outcome
+        (and after its next retry while one is due)."""
         self._claim = redis.register_script(_CLAIM)
         self._settle = redis.register_script(_SETTLE)
 
@@ -134,7 +142,10 @@ class WebhookQueue:
     ) -> None:
         """Record an attempt's outcome: ``pending`` is due again at ``due_at``; delivered
         and failed leave the set. ``error`` (if any) becomes the record's webhook_error."""
+        ttl = self.ttl_seconds
+        if status is WebhookStatus.PENDING:
+            ttl += max(0, math.ceil(due_at - time.time()))
         await self._settle(
             keys=[self.keys.webhooks, self.keys.job(job_id)],
-            args=[job_id, status.value, repr(due_at), error or ""],
+            args=[job_id, status.value, repr(due_at), error or "", ttl],
         )

@@ -88,7 +88,7 @@ class WebhookDispatcher:
     def __init__(self, broker: Broker, settings: Settings, metrics: WebhookMetrics) -> None:
         if settings.webhook_secret is None:
             raise ValueError("webhooks need settings.webhook_secret")
-        self.queue = WebhookQueue(broker.redis, broker.keys)
+        self.queue = WebhookQueue(broker.redis, broker.keys, int(broker.settings.job_ttl_seconds))
         self.settings = settings
         self.metrics = metrics
         self._secret = settings.webhook_secret.get_secret_value()

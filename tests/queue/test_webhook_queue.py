@@ -146,7 +146,7 @@ async def test_a_late_second_completion_does_not_queue_a_second_notification(
     await anyio.sleep(PAST_VISIBILITY)
     fast = await started(broker, "w2")  # re-delivered: w1 looked dead
     assert await finish(broker, fast)
-    queue = WebhookQueue(broker.redis, broker.keys)
+    queue = WebhookQueue(broker.redis, broker.keys, broker.settings.job_ttl_seconds)
     claim = await queue.claim(job.id, time.time(), time.time() + 30)
     assert isinstance(claim, WebhookClaim)
     await queue.settle(job.id, WebhookStatus.DELIVERED)
@@ -159,7 +159,7 @@ async def test_a_late_second_completion_does_not_queue_a_second_notification(
 async def test_a_claim_leases_the_entry_so_no_other_dispatcher_takes_it(broker: Broker) -> None:
     job = await submit(broker)
     await broker.cancel(job.id)
-    queue = WebhookQueue(broker.redis, broker.keys)
+    queue = WebhookQueue(broker.redis, broker.keys, broker.settings.job_ttl_seconds)
     now = time.time()
 
     assert await queue.due(now, 10) == [job.id]
@@ -177,7 +177,7 @@ async def test_a_claim_leases_the_entry_so_no_other_dispatcher_takes_it(broker: 
 async def test_settle_reschedules_or_removes_and_records_on_the_job(broker: Broker) -> None:
     job = await submit(broker)
     await broker.cancel(job.id)
-    queue = WebhookQueue(broker.redis, broker.keys)
+    queue = WebhookQueue(broker.redis, broker.keys, broker.settings.job_ttl_seconds)
     now = time.time()
     assert isinstance(await queue.claim(job.id, now, now + 30), WebhookClaim)
 
@@ -201,9 +201,29 @@ async def test_the_notification_of_an_expired_job_is_dropped(broker: Broker) -> 
     job = await submit(broker)
     await broker.cancel(job.id)
     await broker.redis.delete(broker.keys.job(job.id))  # what the TTL does
-    queue = WebhookQueue(broker.redis, broker.keys)
+    queue = WebhookQueue(broker.redis, broker.keys, broker.settings.job_ttl_seconds)
 
     assert await queue.claim(job.id, time.time(), time.time() + 30) is ClaimMiss.EXPIRED
     assert await due_set(broker) == {}
     await queue.settle(job.id, WebhookStatus.DELIVERED)
     assert not await broker.redis.exists(broker.keys.job(job.id))  # not recreated
+
+
+async def test_a_retry_due_after_the_ttl_keeps_the_record_it_will_send(broker: Broker) -> None:
+    """A retry schedule may outlast the job TTL (1800 s against Kubernetes' 600 s): each
+    outcome is a state change, and while a retry is due the record lives a TTL past it."""
+    job = await submit(broker)
+    await broker.cancel(job.id)
+    ttl = broker.settings.job_ttl_seconds
+    queue = WebhookQueue(broker.redis, broker.keys, ttl)
+    key = broker.keys.job(job.id)
+    await broker.redis.expire(key, 2)  # nearly expired, as after a long wait
+    now = time.time()
+    assert isinstance(await queue.claim(job.id, now, now + 30), WebhookClaim)
+
+    later = 3 * ttl
+    await queue.settle(job.id, WebhookStatus.PENDING, due_at=now + later, error="HTTP 503")
+    assert await broker.redis.ttl(key) >= later + ttl - 5
+
+    await queue.settle(job.id, WebhookStatus.DELIVERED)
+    assert ttl - 5 <= await broker.redis.ttl(key) <= ttl
