@@ -28,8 +28,6 @@ import contextlib
 import io
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -43,18 +41,13 @@ import numpy as np
 import redis
 import tifffile
 
+from benchmarks.child import REPO
+from benchmarks.processes import Processes, free_port, wait_for_workers
 from service.queue.keys import GROUP, Keys
 
-REPO = Path(__file__).resolve().parents[1]
 KEYS = Keys("hdr")
 HEIGHT, WIDTH = 1000, 1500
 EVS = (-2.0, 0.0, 2.0)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def bracket(seed: int = 0) -> list[bytes]:
@@ -85,18 +78,8 @@ def service(workdir: Path, workers: int) -> Iterator[tuple[httpx.Client, redis.R
     if binary is None:
         raise SystemExit("redis-server is not on PATH")
     redis_port, api_port = free_port(), free_port()
-    processes: list[subprocess.Popen[bytes]] = []
-    logs = []
-
-    def spawn(args: Sequence[str], name: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-        log = (workdir / f"{name}.log").open("wb")
-        logs.append(log)
-        process = subprocess.Popen(
-            list(args), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-        processes.append(process)
-        return process
-
+    children = Processes(workdir)
+    spawn = children.spawn
     spawn(
         [
             binary,
@@ -141,28 +124,12 @@ def service(workdir: Path, workers: int) -> Iterator[tuple[httpx.Client, redis.R
     client = httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=600)
     db = redis.Redis(port=redis_port)
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            with contextlib.suppress(httpx.TransportError, KeyError, ValueError):
-                body = client.get("/v1/models").json()
-                if sum(m["workers"] for m in body["models"] if m["ready"]) >= workers:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"service did not come up; logs in {workdir}")
-            time.sleep(0.2)
+        wait_for_workers(client, workers, 180, workdir)
         yield client, db, api.pid
     finally:
         client.close()
         db.close()
-        for process in reversed(processes):
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        for log in logs:
-            log.close()
+        children.stop()
 
 
 def post(client: httpx.Client, files: list[bytes]) -> str:

@@ -28,8 +28,6 @@ import asyncio
 import contextlib
 import io
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -42,6 +40,7 @@ import httpx
 import numpy as np
 import tifffile
 
+from benchmarks.processes import free_port, processes, wait_for_workers
 from service.config import Settings
 from service.engines.base import TileBatch
 from service.engines.registry import BACKENDS, ServingConfig
@@ -51,7 +50,6 @@ from service.queue.jobs import JobParams, StageTimings
 from service.storage import result_name
 from service.storage.file import FileStore
 
-REPO = Path(__file__).resolve().parents[1]
 DEFAULT_REDIS = "redis://127.0.0.1:6379/15"
 ZERO_MODEL = "zero"
 
@@ -113,12 +111,6 @@ def bracket(height: int, width: int, seed: int = 0) -> list[tuple[str, bytes]]:
     return frames
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def running_service(
     redis_url: str,
@@ -143,50 +135,21 @@ def running_service(
         "PYTHONUNBUFFERED": "1",
         **(extra_env or {}),
     }
-    processes: list[subprocess.Popen[bytes]] = []
-    logs = []
-
-    def spawn(args: Sequence[str], name: str, **env_extra: str) -> None:
-        log = (log_dir / f"{name}.log").open("wb")
-        logs.append(log)
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, *args],
-                cwd=REPO,
-                env={**env, **env_extra},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        )
-
-    spawn(["-m", "service", "api", "--port", str(port)], "api")
-    for i in range(workers):
-        spawn([str(Path(__file__).resolve()), "_worker"], f"worker{i}", HDR_WORKER_ID=f"w{i}")
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600) as client:
-            deadline = time.monotonic() + 300
-            while True:
-                try:
-                    body = client.get("/v1/models").json()
-                    ready = sum(m["workers"] for m in body["models"] if m["ready"])
-                    if body["workers"] >= workers and ready >= workers:
-                        break
-                except (httpx.TransportError, KeyError, ValueError):
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"service did not come up; logs in {log_dir}")
-                time.sleep(0.2)
-            yield client, prefix
+        with processes(log_dir) as children:
+            children.spawn(
+                [sys.executable, "-m", "service", "api", "--port", str(port)], "api", env
+            )
+            for i in range(workers):
+                children.spawn(
+                    [sys.executable, "-m", "benchmarks.queue_throughput", "_worker"],
+                    f"worker{i}",
+                    {**env, "HDR_WORKER_ID": f"w{i}"},
+                )
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600) as client:
+                wait_for_workers(client, workers, 300, log_dir)
+                yield client, prefix
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        for log in logs:
-            log.close()
         purge(redis_url, prefix)
 
 

@@ -32,9 +32,9 @@ from pathlib import Path
 
 import httpx
 
+from benchmarks.child import REPO
 from benchmarks.queue_throughput import (
     DEFAULT_REDIS,
-    REPO,
     bracket,
     running_service,
     write_zero_model,

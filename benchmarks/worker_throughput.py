@@ -30,7 +30,6 @@ import argparse
 import contextlib
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,13 +44,13 @@ from typing import Any
 import httpx
 import numpy as np
 
-from benchmarks.queue_throughput import bracket, free_port, purge, submit, wait_done
+from benchmarks.processes import Processes, free_port
+from benchmarks.queue_throughput import bracket, purge, submit, wait_done
 from service.config import Settings
 from service.engines.base import TileBatch
 from service.engines.registry import BACKENDS, ServingConfig
 from service.model_repo import ModelSpec
 
-REPO = Path(__file__).resolve().parents[1]
 DEFAULT_REDIS = "redis://127.0.0.1:6379/15"
 MODEL = "standin"
 #: The stand-in engine's seconds per call, passed to the worker process.
@@ -131,20 +130,11 @@ class Service:
             "PYTHONUNBUFFERED": "1",
             **env,
         }
-        self.processes: list[subprocess.Popen[bytes]] = []
+        self.children = Processes(tmp)
         write_model(tmp / "repo")
 
     def spawn(self, name: str, *args: str) -> None:
-        with (self.tmp / f"{name}.log").open("wb") as log:
-            self.processes.append(
-                subprocess.Popen(
-                    [sys.executable, *args],
-                    cwd=REPO,
-                    env=self.env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                )
-            )
+        self.children.spawn([sys.executable, *args], name, self.env)
 
     def wait(self, client: httpx.Client, ready: bool) -> None:
         """Until the API answers (``ready``: and the worker is ready)."""
@@ -187,13 +177,7 @@ class Service:
         return asyncio.run(read())
 
     def close(self) -> None:
-        for process in self.processes:
-            process.terminate()
-        for process in self.processes:
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        self.children.stop()
         purge(self.redis_url, self.prefix)
 
 

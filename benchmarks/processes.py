@@ -1,0 +1,77 @@
+"""Service processes for the benchmarks that run the real API and workers: one way to
+start them with their logs in a folder, wait until the workers are ready, and stop them."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+from benchmarks.child import REPO
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Processes:
+    """Children started from the repository root, each logging to ``<log_dir>/<name>.log``;
+    stopped in reverse order (workers before the API before Redis) when the block ends."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self._processes: list[subprocess.Popen[bytes]] = []
+        self._logs: list[IO[bytes]] = []
+
+    def spawn(
+        self, args: Sequence[str], name: str, env: Mapping[str, str]
+    ) -> subprocess.Popen[bytes]:
+        log = (self.log_dir / f"{name}.log").open("wb")
+        self._logs.append(log)
+        process = subprocess.Popen(
+            list(args), cwd=REPO, env=dict(env), stdout=log, stderr=subprocess.STDOUT
+        )
+        self._processes.append(process)
+        return process
+
+    def stop(self) -> None:
+        for process in reversed(self._processes):
+            process.terminate()
+        for process in self._processes:
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        for log in self._logs:
+            log.close()
+
+
+@contextlib.contextmanager
+def processes(log_dir: Path) -> Iterator[Processes]:
+    children = Processes(log_dir)
+    try:
+        yield children
+    finally:
+        children.stop()
+
+
+def wait_for_workers(client: httpx.Client, workers: int, timeout: float, log_dir: Path) -> None:
+    """Until ``workers`` workers are alive and ready (GET /v1/models), or RuntimeError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(httpx.TransportError, KeyError, ValueError):
+            body = client.get("/v1/models").json()
+            ready = sum(m["workers"] for m in body["models"] if m["ready"])
+            if body["workers"] >= workers and ready >= workers:
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"service did not come up; logs in {log_dir}")
+        time.sleep(0.2)
