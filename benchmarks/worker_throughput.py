@@ -126,6 +126,7 @@ class Service:
             "HDR_MAX_QUEUE_LENGTH": "100000",
             "HDR_WORKER_METRICS_PORT": "0",
             "HDR_WORKER_ID": "bench-worker",
+            "HDR_DEFAULT_MODEL": MODEL,
             "HDR_DEVICE": "cpu",
             "PYTHONUNBUFFERED": "1",
             **env,

@@ -42,7 +42,24 @@ class Settings(BaseSettings):
 
     # --- model and inference -------------------------------------------------------------
     model_repo: Path = Field(Path("model_repo"), description="Model repository root.")
-    default_model: str = Field("afunet", description="Model served when a job names none.")
+    default_model: str = Field(
+        "afunet",
+        description="Model a job runs on when it names none; the API records it on the job at"
+        " submission, whatever the live workers serve.",
+    )
+    worker_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated models a worker loads and takes jobs for; empty: every"
+        " model of the repository that opens. Splits a mixed fleet into per-model pools.",
+    )
+    unserved_model_policy: Literal["queue", "refuse"] = Field(
+        "refuse",
+        description="A job for a model of the repository that no live worker serves: refuse"
+        " answers 503 with Retry-After (a fixed fleet, where nobody would take it); queue"
+        " accepts it to wait in its model's stream, with a waiting_reason (an autoscaled"
+        " fleet, where the waiting job makes KEDA start a worker for it). While no worker has"
+        " finished loading, jobs queue under either.",
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Inference device; auto picks CUDA when available."
     )
@@ -296,7 +313,9 @@ class Settings(BaseSettings):
         1.0, gt=0, le=60, description="How often the API's webhook dispatcher looks for due ones."
     )
 
-    @field_validator("api_keys", "webhook_retry_seconds", "webhook_allowed_hosts", mode="before")
+    @field_validator(
+        "api_keys", "webhook_retry_seconds", "webhook_allowed_hosts", "worker_models", mode="before"
+    )
     @classmethod
     def _split_list(cls, value: object) -> object:
         # Comma-separated in the environment (NoDecode: not JSON).

@@ -22,6 +22,7 @@ import asyncio
 import importlib.util
 import logging
 import sys
+from collections import Counter as Tally
 from collections.abc import Iterator, Mapping
 from enum import Enum
 from typing import TYPE_CHECKING, Final
@@ -169,6 +170,19 @@ class QueueMetrics:
             ["ready"],
             registry=registry,
         )
+        self.stream_length = Gauge(
+            f"{NAMESPACE}_model_stream_length",
+            "Jobs of a model waiting or running: its job stream's length, what KEDA scales"
+            " that model's workers on.",
+            ["model"],
+            registry=registry,
+        )
+        self.model_workers = Gauge(
+            f"{NAMESPACE}_model_workers",
+            "Ready live workers serving a model (0 with a non-empty stream: its jobs wait).",
+            ["model"],
+            registry=registry,
+        )
 
     async def refresh(self, broker: Broker) -> None:
         """Read the queue's numbers from Redis; on a Redis error only ``redis_up`` drops.
@@ -177,13 +191,14 @@ class QueueMetrics:
         (with ``hdr_redis_up 0``) while Redis is away, rather than timing out.
         """
         try:
-            depth, oldest, in_flight, dead, workers = await asyncio.wait_for(
+            depth, oldest, in_flight, dead, workers, streams = await asyncio.wait_for(
                 asyncio.gather(
                     broker.queue_depth(),
                     broker.oldest_queued_age_seconds(),
                     broker.running_count(),
                     broker.dead_letter_depth(),
                     broker.live_workers(),
+                    broker.stream_lengths(),
                 ),
                 REFRESH_TIMEOUT_SECONDS,
             )
@@ -199,6 +214,10 @@ class QueueMetrics:
         ready = sum(1 for w in workers if w.get("ready"))
         self.workers.labels(ready="true").set(ready)
         self.workers.labels(ready="false").set(len(workers) - ready)
+        serving = Tally(name for w in workers if w.get("ready") for name in (w.get("models") or {}))
+        for model in set(streams) | set(serving):
+            self.stream_length.labels(model=model).set(streams.get(model, 0))
+            self.model_workers.labels(model=model).set(serving.get(model, 0))
 
 
 class WebhookMetrics:
@@ -252,7 +271,14 @@ class ApiMetrics:
         )
         self.jobs_submitted = Counter(
             f"{NAMESPACE}_jobs_submitted_total",
-            "Jobs accepted and queued, by model ('default' when the job named none).",
+            "Jobs accepted and queued, by model (HDR_DEFAULT_MODEL when the job named none).",
+            ["model"],
+            registry=self.registry,
+        )
+        self.jobs_queued_unserved = Counter(
+            f"{NAMESPACE}_jobs_queued_unserved_total",
+            "Jobs accepted for a model no live worker served at the time (they wait in the"
+            " model's stream for one; HDR_UNSERVED_MODEL_POLICY=queue), by model.",
             ["model"],
             registry=self.registry,
         )

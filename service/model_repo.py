@@ -21,6 +21,9 @@ WEIGHTS_FILE = "model.pth"
 CONFIG_FILE = "config.yaml"
 #: Architectures that run without weights.
 WEIGHT_FREE = frozenset({"classical"})
+#: The weight-free model every deployment can serve (service/engines/classical.py): jobs
+#: naming no model run on it where HDR_DEFAULT_MODEL cannot open at all (no weights).
+FALLBACK_MODEL = "classical"
 
 
 @dataclass(frozen=True)

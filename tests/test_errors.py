@@ -29,6 +29,7 @@ RETRYABLE = {
     "Forbidden": False,
     "RequestTooLarge": False,
     "ModelUnavailable": False,
+    "NoWorkerForModel": True,
     "NoResult": False,
     "NotCancellable": False,
     "Unavailable": True,

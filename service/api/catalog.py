@@ -1,16 +1,31 @@
 """Which models the service can run, as the live workers report it in their heartbeats.
 
 The API never opens a model: it learns from each worker's heartbeat which models that
-worker serves (``ServedModel.describe()`` each), which it could not open and why, whether
-it is ready, and which model it runs for jobs that name none. It also lists the model
-repository's folders when it can see them, so that a model nobody serves still shows up,
-with the reason.
+worker serves (``ServedModel.describe()`` each), which it could not open and why, and
+whether it is ready. It also knows every model that ever had a job stream (a worker
+serving it started, or a job was queued for it: ``Broker.known_models``) and lists the
+model repository's folders when it can see them, so that a model nobody serves still
+shows up, with the reason.
 
-A job's ``model`` is accepted when a live worker serves it. While no worker has finished
-loading (none started yet, or all still warming up) the API cannot know, so it accepts
-any model the repository holds (or any well-formed name, when the repository is not
-mounted on the API's host) and lets the job wait in the queue: refusing would turn a
-rolling restart into an outage.
+Routing a new job (:meth:`Catalog.resolve`):
+
+- a job naming no model runs on ``HDR_DEFAULT_MODEL``, recorded on the job now; only
+  where that model cannot open at all (every ready worker reports it unavailable, e.g.
+  a fresh install without AFUNet weights, and none serves it) on the weight-free
+  ``classical`` model, so that such an install still works. The answer depends on what
+  the fleet can serve, never on which heartbeat came first; a pool that is not meant to
+  serve a model says so with ``HDR_WORKER_MODELS`` (then it does not report it
+  unavailable);
+- a model a live worker serves is accepted (its stream is read only by such workers);
+- a model nobody knows (not in the repository, no stream, no heartbeat names it) is 422;
+- a known model that no live worker serves is queued or refused by
+  ``HDR_UNSERVED_MODEL_POLICY``: ``queue`` (an autoscaled fleet: the waiting job is what
+  makes KEDA start a worker for its model) answers 202 with a ``waiting_reason``;
+  ``refuse`` (a fixed fleet, where nobody would ever take it) answers 503 with
+  Retry-After, naming what is served and why the model is not;
+- while no live worker has finished loading (none started yet, or all warming up), every
+  known model queues under either policy: refusing would turn a rolling restart into an
+  outage.
 """
 
 from __future__ import annotations
@@ -19,10 +34,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from service.api.errors import ModelUnavailable
+from service.api.errors import ModelUnavailable, NoWorkerForModel
 from service.api.schemas import ModelPublic
 from service.config import Settings
-from service.model_repo import model_names
+from service.model_repo import FALLBACK_MODEL, model_names
 from service.queue import Broker
 
 ModelStatus = Literal["serving", "loading", "absent"]
@@ -41,12 +56,26 @@ class _Entry:
     reasons: set[str] = field(default_factory=set)
 
 
+@dataclass(frozen=True)
+class Route:
+    """Where a new job goes: its model, and why it will wait if no worker serves it."""
+
+    model: str
+    waiting_reason: str | None = None
+
+
 @dataclass
 class Catalog:
     """A snapshot of the fleet's models, built per request from the heartbeats."""
 
     heartbeats: list[dict[str, Any]]
     repo_names: list[str]
+    configured_default: str
+    """``HDR_DEFAULT_MODEL``."""
+    policy: Literal["queue", "refuse"] = "refuse"
+    """``HDR_UNSERVED_MODEL_POLICY``."""
+    stream_models: list[str] = field(default_factory=list)
+    """Models that have a job stream in Redis (``Broker.known_models``)."""
 
     def __post_init__(self) -> None:
         self._entries: dict[str, _Entry] = {}
@@ -71,58 +100,78 @@ class Catalog:
         return sorted(name for name, entry in self._entries.items() if entry.workers)
 
     @property
-    def default_model(self) -> str | None:
-        """The model the (ready, else any) live workers run for jobs naming none."""
-        ranked = sorted(self.heartbeats, key=lambda beat: not beat.get("ready"))
-        for beat in ranked:
-            if beat.get("default_model"):
-                return str(beat["default_model"])
-        return None
+    def default_model(self) -> str:
+        """What a job naming no model runs on (see the module docstring)."""
+        configured = self.configured_default
+        if configured in self.served or FALLBACK_MODEL not in self.served:
+            return configured
+        ready = [beat for beat in self.heartbeats if beat.get("ready")]
+        if ready and all(configured in (beat.get("unavailable") or {}) for beat in ready):
+            return FALLBACK_MODEL
+        return configured
 
-    def tile_overlap(self, model: str | None) -> int | None:
+    def known(self, name: str) -> bool:
+        """Whether ``name`` is a model of this deployment, served now or not."""
+        return name in self._entries or name in self.repo_names or name in self.stream_models
+
+    def tile_overlap(self, model: str) -> int | None:
         """The overlap the serving workers use for ``model``, when they reported it."""
-        entry = self._entries.get(model or self.default_model or "")
+        entry = self._entries.get(model)
         if entry is None or entry.describe is None:
             return None
         overlap = entry.describe.get("tile_overlap")
         return int(overlap) if overlap is not None else None
 
-    def tile_size(self, model: str | None) -> int | None:
+    def tile_size(self, model: str) -> int | None:
         """The default tile size the serving workers use for ``model``, when reported."""
-        entry = self._entries.get(model or self.default_model or "")
+        entry = self._entries.get(model)
         if entry is None or entry.describe is None:
             return None
         size = entry.describe.get("tile_size")
         return int(size) if size is not None else None
 
-    def resolve(self, requested: str | None) -> str | None:
-        """The model a new job runs on; None leaves the choice to the worker.
-
-        Raises :class:`ModelUnavailable` (422) for a model that no live worker serves,
-        listing those that are served.
-        """
-        if requested is None:
-            return self.default_model
-        if requested in self.served:
-            return requested
-        if self.loading:
-            if not self.repo_names or requested in self.repo_names:
-                return requested
-            raise ModelUnavailable(
-                f"unknown model {requested!r}; the model repository holds:"
-                f" {', '.join(self.repo_names)}"
-            )
-        entry = self._entries.get(requested)
+    def waiting_reason(self, model: str) -> str | None:
+        """Why a queued job of ``model`` waits beyond the queue ahead of it; None while a
+        live worker serves the model."""
+        if model in self.served:
+            return None
+        if self.heartbeats and self.loading:
+            return "the workers are still loading their models"
+        entry = self._entries.get(model)
         why = f" ({'; '.join(sorted(entry.reasons))})" if entry and entry.reasons else ""
+        return f"no live worker serves model {model!r}{why}; the job waits until one does"
+
+    def resolve(self, requested: str | None) -> Route:
+        """Where a new job goes (see the module docstring).
+
+        Raises :class:`ModelUnavailable` (422) for an unknown model, and
+        :class:`NoWorkerForModel` (503) for a known one that no live worker serves under
+        the ``refuse`` policy.
+        """
+        name = requested or self.default_model
+        if name in self.served:
+            return Route(name)
         available = ", ".join(self.served) or "none"
-        raise ModelUnavailable(
-            f"model {requested!r} is not served by any live worker{why}; available: {available}"
+        if not self.known(name) and not (self.loading and not self.repo_names):
+            where = (
+                f"the model repository holds: {', '.join(self.repo_names)}"
+                if self.repo_names
+                else f"available: {available}"
+            )
+            raise ModelUnavailable(f"unknown model {name!r}; {where}")
+        if self.loading or self.policy == "queue":
+            return Route(name, self.waiting_reason(name))
+        entry = self._entries.get(name)
+        why = f" ({'; '.join(sorted(entry.reasons))})" if entry and entry.reasons else ""
+        hint = "" if requested else " (HDR_DEFAULT_MODEL; name a served model in `model`)"
+        raise NoWorkerForModel(
+            f"model {name!r}{hint} is not served by any live worker{why}; available: {available}"
         )
 
     def models(self) -> list[ModelPublic]:
         """Every model known to the workers or the repository, served ones first."""
         default = self.default_model
-        names = set(self._entries) | set(self.repo_names)
+        names = set(self._entries) | set(self.repo_names) | set(self.stream_models)
         out = []
         for name in sorted(names, key=lambda n: (not self._entries.get(n, _Entry()).workers, n)):
             entry = self._entries.get(name, _Entry())
@@ -164,5 +213,12 @@ class Catalog:
 
 
 async def load_catalog(broker: Broker, settings: Settings) -> Catalog:
-    """The catalog as of now: live heartbeats plus the repository's folders if visible."""
-    return Catalog(await broker.live_workers(), model_names(settings.model_repo))
+    """The catalog as of now: live heartbeats, the models with a job stream, and the
+    repository's folders if visible."""
+    return Catalog(
+        await broker.live_workers(),
+        model_names(settings.model_repo),
+        settings.default_model,
+        settings.unserved_model_policy,
+        await broker.known_models(),
+    )

@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 #: Retry-After for 503 answers: Redis restarts and failovers take seconds.
 UNAVAILABLE_RETRY_AFTER_SECONDS: Final = 5
+#: Retry-After of a job refused because no live worker serves its model: a worker being
+#: (re)started takes about this long to load and warm up a model.
+NO_WORKER_RETRY_AFTER_SECONDS: Final = 30
 #: Longest message echoed from a validation error (inputs can be long).
 MAX_DETAIL_CHARS: Final = 300
 #: Methods a 405's Allow header may list, in the order it lists them.
@@ -117,6 +120,16 @@ class Unavailable(ServiceError):
     def __init__(self, message: str, retry_after: int = UNAVAILABLE_RETRY_AFTER_SECONDS) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class NoWorkerForModel(Unavailable):
+    """A job's model is known but no live worker serves it, and HDR_UNSERVED_MODEL_POLICY
+    is ``refuse``: retry once a worker for it is up (or name a served model)."""
+
+    code = "no_worker_for_model"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retry_after=NO_WORKER_RETRY_AFTER_SECONDS)
 
 
 class NotReady(Unavailable):

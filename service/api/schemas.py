@@ -163,7 +163,8 @@ class JobPublic(BaseModel):
     )
     progress: Progress
     model: str | None = Field(
-        description="Model that runs (or will run) the job; null until a worker decides."
+        description="Model that runs (or will run) the job: the one it named, else"
+        " HDR_DEFAULT_MODEL, decided when it was accepted."
     )
     engine: str | None = Field(description="Backend that ran it (torch, onnxruntime, ...).")
     width: int | None = Field(description="Frame width in pixels.")
@@ -182,6 +183,11 @@ class JobPublic(BaseModel):
     )
     error: str | None = Field(
         description="Why it failed, or why the last attempt failed while it is retried."
+    )
+    waiting_reason: str | None = Field(
+        None,
+        description="For a queued job that no live worker can take now (no worker serves"
+        " its model; HDR_UNSERVED_MODEL_POLICY=queue), why it waits; null otherwise.",
     )
     estimated_seconds: float | None = Field(
         None,

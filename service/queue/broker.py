@@ -7,9 +7,12 @@ uploads and results live in the store under names built from the job id.
 
 Delivery model
 --------------
-Jobs are entries of one stream read through one consumer group. An entry stays in the
-group's pending list (PEL) until the job ends, then it is acked *and deleted*, so the
-stream only holds jobs that wait or run. A pending entry idle longer than
+Jobs are entries of their model's stream (``Keys.stream(model)``), each read through its
+own consumer group by the workers that serve that model and no others: a job never
+reaches a worker that lacks its model, and each model's queue can be scaled on its own.
+A job that names no model is recorded with ``settings.default_model`` at submission. An
+entry stays in the group's pending list (PEL) until the job ends, then it is acked *and
+deleted*, so each stream only holds jobs that wait or run. A pending entry idle longer than
 ``visibility_timeout_seconds`` is taken over by the next worker calling :meth:`receive`
 (XAUTOCLAIM): that is how the job of a crashed worker runs again. A live worker keeps a
 long job from being taken over by calling :meth:`touch` with each progress update.
@@ -81,6 +84,15 @@ MAX_RETRY_AFTER_SECONDS: Final = 300
 
 
 @dataclass(frozen=True)
+class _Entry:
+    """A stream entry just read or taken over, before its delivery is counted."""
+
+    model: str
+    entry_id: str
+    job_id: str
+
+
+@dataclass(frozen=True)
 class Delivery:
     """One hand-out of a job to a worker; pass it back to start/touch/complete/fail."""
 
@@ -93,6 +105,8 @@ class Delivery:
     """Consumer name the entry is pending under."""
     redelivered: bool
     """Taken over from another consumer (or retried) rather than read fresh."""
+    model: str
+    """The model whose stream holds the entry (the job's model)."""
 
 
 class Broker:
@@ -112,7 +126,10 @@ class Broker:
         self.keys = Keys(settings.key_prefix)
         self._ttl = int(settings.job_ttl_seconds)
         self._visibility_ms = max(1, round(settings.visibility_timeout_seconds * 1000))
-        self._reclaim_cursor = "0-0"
+        self._reclaim_cursors: dict[str, str] = {}
+        """Per stream, where the next XAUTOCLAIM continues walking its PEL."""
+        self._turn = 0
+        """Rotates which served model's stream a receive looks at first (fairness)."""
         self._submit = redis.register_script(scripts.SUBMIT)
         self._deliver = redis.register_script(scripts.DELIVER)
         self._start = redis.register_script(scripts.START)
@@ -140,8 +157,8 @@ class Broker:
         webhook_url: str | None = None,
         request_digest: str | None = None,
     ) -> JobRecord:
-        """Store ``sources`` (kept in order) in the blob store, queue a job over them and
-        return its record.
+        """Store ``sources`` (kept in order) in the blob store, queue a job over them in
+        the stream of ``model`` (None: ``settings.default_model``) and return its record.
 
         With an ``idempotency_key``, a job already submitted by the same ``owner`` under
         that key is returned instead, and nothing is stored or queued, provided it was
@@ -172,7 +189,7 @@ class Broker:
                     status=JobState.QUEUED,
                     created_at=time.time(),
                     owner=owner,
-                    model=model,
+                    model=model or self.settings.default_model,
                     width=width,
                     height=height,
                     webhook_url=webhook_url,
@@ -266,7 +283,13 @@ class Broker:
 
     async def _enqueue(self, record: JobRecord, idem_key: str | None) -> JobRecord | None:
         """Admit the job atomically; None: retry (the mapping pointed at an expired job)."""
-        keys = [self.keys.job(record.id), self.keys.queued, self.keys.stream]
+        assert record.model is not None  # submit fills in the default
+        keys = [
+            self.keys.job(record.id),
+            self.keys.queued,
+            self.keys.stream(record.model),
+            self.keys.models,
+        ]
         if idem_key is not None:
             keys.append(idem_key)
         args: list[Any] = [
@@ -276,6 +299,7 @@ class Broker:
             self.settings.max_queue_length,
             ENTRY_JOB,
             self.keys.group,
+            record.model,
         ]
         for name, value in record.to_redis().items():
             args += [name, value]
@@ -396,92 +420,151 @@ class Broker:
 
     # ------------------------------------------------------------------ worker side
 
-    async def ensure_group(self) -> None:
-        """Create the stream and its consumer group if missing (idempotent).
+    async def ensure_group(self, models: Sequence[str] | None = None) -> None:
+        """Create the streams of ``models`` (default: ``settings.default_model``) and
+        their consumer groups if missing (idempotent), and list the models in
+        ``Keys.models``.
 
-        The group starts at the stream's beginning, so jobs submitted before any worker
+        A group starts at its stream's beginning, so jobs submitted before any worker
         existed are delivered too.
         """
-        try:
-            await self.redis.xgroup_create(self.keys.stream, self.keys.group, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        names = self._models_or_default(models)
+        if not names:
+            return
+        for model in names:
+            try:
+                await self.redis.xgroup_create(
+                    self.keys.stream(model), self.keys.group, id="0", mkstream=True
+                )
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+        await self.redis.sadd(self.keys.models, *names)
 
-    async def receive(self, consumer: str, block_ms: int = 1000) -> Delivery | None:
-        """Hand the next job to ``consumer``, or None when there is none.
+    async def receive(
+        self, consumer: str, block_ms: int = 1000, models: Sequence[str] | None = None
+    ) -> Delivery | None:
+        """Hand ``consumer`` the next job of one of ``models`` (default:
+        ``settings.default_model``), or None when there is none.
 
         First takes over one entry pending longer than the visibility timeout (a dead or
         stalled worker's job, or a job whose retry delay is over), then reads a new one,
-        blocking up to ``block_ms`` (0: do not block; capped at ``MAX_BLOCK_MS``).
-        Entries of jobs that are final, cancelled or expired are acked and skipped; a
-        delivery beyond ``max_attempts`` is dead-lettered and skipped.
+        blocking up to ``block_ms`` (0: do not block; capped at ``MAX_BLOCK_MS``). The
+        models' streams take turns at being looked at first, so a busy model does not
+        starve another. Entries of jobs that are final, cancelled or expired are acked
+        and skipped; a delivery beyond ``max_attempts`` is dead-lettered and skipped.
         """
+        names = self._models_or_default(models)
+        if not names:
+            return None
+        self._turn = (self._turn + 1) % len(names)
+        names = names[self._turn :] + names[: self._turn]
         block = min(max(0, block_ms), MAX_BLOCK_MS) or None
         for _ in range(2):  # second pass only after re-creating a missing group
             try:
-                return await self._receive(consumer, block)
+                return await self._receive(consumer, names, block)
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
                 log.warning("consumer group missing; creating it")
-                await self.ensure_group()
+                await self.ensure_group(names)
         return None
 
-    async def _receive(self, consumer: str, block: int | None) -> Delivery | None:
+    def _models_or_default(self, models: Sequence[str] | None) -> list[str]:
+        return [self.settings.default_model] if models is None else list(dict.fromkeys(models))
+
+    async def _receive(
+        self, consumer: str, models: list[str], block: int | None
+    ) -> Delivery | None:
         while True:
             redelivered = True
-            entry = await self._reclaim(consumer)
+            entry = await self._reclaim(consumer, models)
             if entry is None:
                 redelivered = False
-                entry = await self._read_new(consumer, block)
+                entry = await self._read_new(consumer, models, block)
                 block = None  # block once per call; later reads only drain skips
             if entry is None:
                 return None
-            entry_id, job_id = entry
-            delivery = await self._admit(entry_id, job_id, consumer, redelivered)
+            delivery = await self._admit(entry, consumer, redelivered)
             if delivery is not None:
                 return delivery
 
-    async def _reclaim(self, consumer: str) -> tuple[str, str] | None:
-        reply: Any = await self.redis.xautoclaim(
-            self.keys.stream,
-            self.keys.group,
-            consumer,
-            min_idle_time=self._visibility_ms,
-            start_id=self._reclaim_cursor,
-            count=1,
-        )
-        # Walk the PEL with a cursor across calls, so that many young pending entries at
-        # its head (long jobs of live workers) do not hide an idle one behind them.
-        self._reclaim_cursor = _text(reply[0])
-        for entry_id, fields in reply[1]:
-            if entry_id is None or fields is None:  # deleted entry (Redis 6.2 reply)
-                continue
-            return _text(entry_id), _text(fields.get(ENTRY_JOB.encode(), b""))
+    async def _reclaim(self, consumer: str, models: list[str]) -> _Entry | None:
+        for model in models:
+            stream = self.keys.stream(model)
+            reply: Any = await self.redis.xautoclaim(
+                stream,
+                self.keys.group,
+                consumer,
+                min_idle_time=self._visibility_ms,
+                start_id=self._reclaim_cursors.get(stream, "0-0"),
+                count=1,
+            )
+            # Walk the PEL with a cursor across calls, so that many young pending entries
+            # at its head (long jobs of live workers) do not hide an idle one behind them.
+            self._reclaim_cursors[stream] = _text(reply[0])
+            for entry_id, fields in reply[1]:
+                if entry_id is None or fields is None:  # deleted entry (Redis 6.2 reply)
+                    continue
+                return _Entry(model, _text(entry_id), _text(fields.get(ENTRY_JOB.encode(), b"")))
         return None
 
-    async def _read_new(self, consumer: str, block: int | None) -> tuple[str, str] | None:
+    async def _read_new(self, consumer: str, models: list[str], block: int | None) -> _Entry | None:
+        """One new entry of the models' streams: each stream without blocking, in turn,
+        then (``block``) one blocking read of them all.
+
+        A blocking read over several streams returns an entry of each stream that got
+        one, and each is now pending under ``consumer``; all but the first are aged past
+        the visibility timeout at once, so the next receive of any worker serving their
+        model takes them over (no attempt was counted for them).
+        """
+        for model in models:
+            found = await self._xreadgroup(consumer, [model], None)
+            if found:
+                return found[0]
+        if block is None:
+            return None
+        return await self._keep_first(consumer, await self._xreadgroup(consumer, models, block))
+
+    async def _keep_first(self, consumer: str, found: list[_Entry]) -> _Entry | None:
+        """The first of ``found``; the others are aged past the visibility timeout."""
+        for spare in found[1:]:
+            await self.redis.xclaim(
+                self.keys.stream(spare.model),
+                self.keys.group,
+                consumer,
+                0,
+                [spare.entry_id],
+                idle=self._visibility_ms,
+                justid=True,
+            )
+        return found[0] if found else None
+
+    async def _xreadgroup(
+        self, consumer: str, models: list[str], block: int | None
+    ) -> list[_Entry]:
+        by_stream = {self.keys.stream(m): m for m in models}
         reply: Any = await self.redis.xreadgroup(
-            self.keys.group, consumer, {self.keys.stream: ">"}, count=1, block=block
+            self.keys.group, consumer, dict.fromkeys(by_stream, ">"), count=1, block=block
         )
         streams = reply.items() if isinstance(reply, dict) else (reply or [])
-        for _name, entries in streams:
+        found = []
+        for name, entries in streams:
             for entry_id, fields in entries:
                 if entry_id is not None and fields is not None:
-                    return _text(entry_id), _text(fields.get(ENTRY_JOB.encode(), b""))
-        return None
+                    job_id = _text(fields.get(ENTRY_JOB.encode(), b""))
+                    found.append(_Entry(by_stream[_text(name)], _text(entry_id), job_id))
+        return found
 
-    async def _admit(
-        self, entry_id: str, job_id: str, consumer: str, redelivered: bool
-    ) -> Delivery | None:
+    async def _admit(self, entry: _Entry, consumer: str, redelivered: bool) -> Delivery | None:
         """Count the delivery on the record; decide deliver, skip or dead-letter."""
+        entry_id, job_id = entry.entry_id, entry.job_id
         now = time.time()
         kind, attempts = await self._deliver(
             keys=[
                 self.keys.job(job_id),
                 self.keys.queued,
-                self.keys.stream,
+                self.keys.stream(entry.model),
                 self.keys.dead_letter,
                 self.keys.cancel(job_id),
                 self.keys.webhooks,
@@ -506,7 +589,7 @@ class Broker:
                     consumer,
                     attempts,
                 )
-            return Delivery(entry_id, job_id, int(attempts), consumer, redelivered)
+            return Delivery(entry_id, job_id, int(attempts), consumer, redelivered, entry.model)
         if kind == b"dead":
             log.warning(
                 "job %s dead-lettered after %s attempts (entry %s)", job_id, attempts, entry_id
@@ -527,7 +610,7 @@ class Broker:
             keys=[
                 self.keys.job(delivery.job_id),
                 self.keys.queued,
-                self.keys.stream,
+                self.keys.stream(delivery.model),
             ],
             args=[
                 self.keys.group,
@@ -552,7 +635,7 @@ class Broker:
         was re-delivered): this worker may stop; only the first ``complete`` counts.
         """
         owned = await self._touch(
-            keys=[self.keys.stream],
+            keys=[self.keys.stream(delivery.model)],
             args=[self.keys.group, delivery.consumer, delivery.entry_id],
         )
         return bool(owned)
@@ -585,7 +668,7 @@ class Broker:
             keys=[
                 self.keys.job(delivery.job_id),
                 self.keys.queued,
-                self.keys.stream,
+                self.keys.stream(delivery.model),
                 self.keys.cancel(delivery.job_id),
                 self.keys.stats,
                 self.keys.webhooks,
@@ -637,7 +720,7 @@ class Broker:
             keys=[
                 self.keys.job(delivery.job_id),
                 self.keys.queued,
-                self.keys.stream,
+                self.keys.stream(delivery.model),
                 self.keys.dead_letter,
                 self.keys.cancel(delivery.job_id),
                 self.keys.webhooks,
@@ -677,7 +760,7 @@ class Broker:
             keys=[
                 self.keys.job(delivery.job_id),
                 self.keys.queued,
-                self.keys.stream,
+                self.keys.stream(delivery.model),
             ],
             args=[
                 self.keys.group,
@@ -699,7 +782,7 @@ class Broker:
             keys=[
                 self.keys.job(delivery.job_id),
                 self.keys.queued,
-                self.keys.stream,
+                self.keys.stream(delivery.model),
                 self.keys.cancel(delivery.job_id),
                 self.keys.webhooks,
             ],
@@ -744,13 +827,32 @@ class Broker:
             return 0.0
         return max(0.0, time.time() - float(oldest[0][1]))
 
+    async def known_models(self) -> list[str]:
+        """Every model that has a job stream (a job was queued for it, or a worker
+        serving it started)."""
+        members: Any = await self.redis.smembers(self.keys.models)
+        return sorted(_text(m) for m in members)
+
     async def running_count(self) -> int:
         """Entries handed out and not yet acked (running, or waiting for a retry/reclaim)."""
-        try:
-            summary: Any = await self.redis.xpending(self.keys.stream, self.keys.group)
-        except ResponseError:  # no stream or group yet
-            return 0
-        return int(summary["pending"])
+        total = 0
+        for model in await self.known_models():
+            try:
+                summary: Any = await self.redis.xpending(self.keys.stream(model), self.keys.group)
+            except ResponseError:  # no group yet
+                continue
+            total += int(summary["pending"])
+        return total
+
+    async def stream_lengths(self) -> dict[str, int]:
+        """Per model, the entries of its stream: the jobs of that model waiting or
+        running (entries are deleted when their job ends), what KEDA scales on."""
+        models = await self.known_models()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for model in models:
+                pipe.xlen(self.keys.stream(model))
+            lengths = await pipe.execute()
+        return {model: int(n) for model, n in zip(models, lengths, strict=True)}
 
     async def dead_letter_depth(self) -> int:
         """Entries in the dead-letter stream (kept for the job TTL)."""

@@ -10,7 +10,8 @@ Uploads and results are not here: they live in the blob store (:mod:`service.sto
 
 Layout (``p`` is the prefix)::
 
-    p:stream:jobs              stream, one entry {job: <id>} per delivery-able job
+    p:stream:jobs:<model>      stream per model, one entry {job: <id>} per delivery-able job
+    p:models                   set, every model that has had a job stream (metrics, KEDA docs)
     p:stream:dead              stream, dead-lettered jobs {job, reason, attempts, ...}
     p:queued                   zset job id -> when it (re)entered state ``queued``
     p:job:<id>                 hash, the JobRecord                          (TTL)
@@ -28,7 +29,7 @@ from __future__ import annotations
 import hashlib
 from typing import Final
 
-#: Consumer group every worker reads the job stream through.
+#: Consumer group every worker reads the job streams through.
 GROUP: Final = "workers"
 #: Field of a job-stream entry holding the job id.
 ENTRY_JOB: Final = "job"
@@ -45,7 +46,7 @@ class Keys:
         if not prefix:
             raise ValueError("key prefix must not be empty")
         self.prefix = prefix
-        self.stream = f"{prefix}:stream:jobs"
+        self.models = f"{prefix}:models"
         self.dead_letter = f"{prefix}:stream:dead"
         self.group = GROUP
         self.queued = f"{prefix}:queued"
@@ -55,6 +56,14 @@ class Keys:
 
     def __repr__(self) -> str:
         return f"Keys(prefix={self.prefix!r})"
+
+    def stream(self, model: str) -> str:
+        """The job stream of ``model``: only workers that serve it read it (one consumer
+        group per stream), so a job never reaches a worker that cannot run it, and an
+        autoscaler can scale each model's workers on its own stream."""
+        if not model:
+            raise ValueError("a job stream needs a model name")
+        return f"{self.prefix}:stream:jobs:{model}"
 
     def job(self, job_id: str) -> str:
         """The job record hash."""

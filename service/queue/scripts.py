@@ -97,13 +97,13 @@ def _lua(body: str) -> str:
     )
 
 
-#: KEYS job, queued, stream[, idempotency]
-#: ARGV job_id, now, ttl, max_queue_length, entry_field, group, field1, value1, ...
+#: KEYS job, queued, stream (the model's), models[, idempotency]
+#: ARGV job_id, now, ttl, max_queue_length, entry_field, group, model, field1, value1, ...
 #: -> {'ok', entry_id} | {'duplicate', job_id} | {'full', depth}
 SUBMIT: Final = _lua("""
 local job_id, now, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local max_len = tonumber(ARGV[4])
-local idem = KEYS[4]
+local idem = KEYS[5]
 if idem then
   local existing = redis.call('GET', idem)
   if existing then return {'duplicate', existing} end
@@ -112,7 +112,7 @@ end
 local depth = redis.call('ZCOUNT', KEYS[2], now - ttl, '+inf')
 if depth >= max_len then return {'full', depth} end
 local mapping = {}
-for i = 7, #ARGV do mapping[#mapping + 1] = ARGV[i] end
+for i = 8, #ARGV do mapping[#mapping + 1] = ARGV[i] end
 -- The first write: at maxmemory Redis refuses it (OOM), before anything has changed.
 -- (Once a script has written, Redis lets its later writes through, so no write, not
 -- even a trim, may come before this one.)
@@ -120,6 +120,7 @@ redis.call('HSET', KEYS[1], unpack(mapping))
 -- The mapping before the record's TTL, so that the mapping never outlives the record.
 if idem then redis.call('SET', idem, job_id, 'NX', 'EX', ttl) end
 refresh(ttl, KEYS[1])
+redis.call('SADD', KEYS[4], ARGV[7])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[2] - ttl)
 redis.call('ZADD', KEYS[2], ARGV[2], job_id)
 -- Entries older than the TTL belong to expired records too: trim them (exactly, since

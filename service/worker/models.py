@@ -2,34 +2,33 @@
 
 A model that cannot open here (AFUNet before its weights are dropped in, a backend not
 installed) is skipped with its reason, which the worker announces in its heartbeat so
-that ``GET /v1/models`` can say why it is absent. The default model for jobs that name
-none is ``settings.default_model`` when it serves, else the weight-free ``classical``,
-else any model that serves (alphabetically first, so every worker picks the same one).
+that ``GET /v1/models`` can say why it is absent. ``settings.worker_models`` narrows the
+set to one pool's models. The API writes the model on every job it queues; the worker's
+own default (``settings.default_model`` when it serves, else the weight-free
+``classical``, else the alphabetically first) only names a record without one.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any
 
 from service.config import Settings
 from service.engines.registry import ServedModel, load_model
 from service.errors import ServiceError
-from service.model_repo import model_names
+from service.model_repo import FALLBACK_MODEL, model_names
 from service.worker.faults import is_engine_fault
 
 log = logging.getLogger(__name__)
-
-#: The weight-free model every deployment can serve (service/engines/classical.py).
-FALLBACK_MODEL: Final = "classical"
 
 
 class ModelNotServed(ServiceError):
     """A job names a model this worker does not serve: the job fails for good.
 
-    Not retried, as a job naming an unknown model never is: the API checks names against
-    the live workers' models before queuing (``ModelUnavailable``), so this is rare.
+    Not retried, as a job naming an unknown model never is. Routing makes it a defect
+    guard: a worker reads only the job streams of the models it serves, and the API
+    writes the model on every job it queues.
     """
 
     code = "model_not_served"
@@ -75,7 +74,8 @@ class ModelSet:
 
 
 def load_models(settings: Settings) -> ModelSet:
-    """Open every model of ``settings.model_repo``; skip (and record) those that fail.
+    """Open every model of ``settings.model_repo`` (only those of
+    ``settings.worker_models`` when set); skip (and record) those that fail.
 
     An engine fault while opening (a broken GPU) propagates: the worker must exit.
     """
@@ -83,6 +83,11 @@ def load_models(settings: Settings) -> ModelSet:
     names = model_names(settings.model_repo)
     if not names:
         log.error("the model repository %s holds no model", settings.model_repo)
+    if settings.worker_models:  # HDR_WORKER_MODELS: this worker's pool serves only these
+        for name in settings.worker_models:
+            if name not in names:
+                models.unavailable[name] = f"not in the model repository {settings.model_repo}"
+        names = [name for name in names if name in settings.worker_models]
     for name in names:
         try:
             models.served[name] = load_model(settings, name)

@@ -447,17 +447,24 @@ class Worker:
         attempt = 0
         while not self._stopping.is_set():
             try:
-                await self.broker.ensure_group()
+                await self.broker.ensure_group(self._served_models())
                 return
             except (RedisError, OSError) as exc:
                 await self._redis_retry(attempt, exc)
                 attempt += 1
 
+    def _served_models(self) -> list[str]:
+        """The models whose job streams this worker reads: those it serves, and no
+        other, so that it never receives a job it cannot run."""
+        return sorted(self._models.served) if self._models else []
+
     async def _receive(self) -> Delivery | None:
         attempt = 0
         while not self._stopping.is_set():
             try:
-                delivery = await self.broker.receive(self.worker_id, block_ms=RECEIVE_BLOCK_MS)
+                delivery = await self.broker.receive(
+                    self.worker_id, block_ms=RECEIVE_BLOCK_MS, models=self._served_models()
+                )
             except (RedisError, OSError) as exc:
                 await self._redis_retry(attempt, exc)
                 attempt += 1

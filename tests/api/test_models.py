@@ -76,7 +76,8 @@ def test_without_workers_repository_models_are_listed_absent_and_jobs_still_queu
         queued = submit(client, model="afunet")
         unknown = submit(client, model="nope")
 
-    assert body["workers"] == 0 and body["default_model"] is None
+    # HDR_DEFAULT_MODEL, whatever the fleet: nothing has loaded yet to say otherwise.
+    assert body["workers"] == 0 and body["default_model"] == "afunet"
     assert [(m["name"], m["status"], m["reason"]) for m in body["models"]] == [
         ("afunet", "absent", "no live worker")
     ]
@@ -102,14 +103,21 @@ def test_model_without_weights_is_reported_absent_with_the_reason(
     ):
         body = live_models(client)
         refused = submit(client, model="afunet")
-        accepted = submit(client)
+        by_default = submit(client)
+        accepted = submit(client, model="fallback")
 
     models = {m["name"]: m for m in body["models"]}
-    assert models["fallback"]["status"] == "serving" and models["fallback"]["default"]
+    assert models["fallback"]["status"] == "serving" and not models["fallback"]["default"]
     assert models["afunet"]["status"] == "absent" and not models["afunet"]["ready"]
+    assert models["afunet"]["default"] and body["default_model"] == "afunet"
     assert "model.pth" in models["afunet"]["reason"]
-    assert body["default_model"] == "fallback"
-    assert refused.status_code == 422
-    message = refused.json()["error"]["message"]
-    assert "model.pth" in message and "available: fallback" in message
+    # HDR_UNSERVED_MODEL_POLICY=refuse (the default): a known model nobody serves is a
+    # 503 to retry, naming why it is absent and what is served.
+    for answer in (refused, by_default):
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"]["code"] == "no_worker_for_model"
+        assert answer.headers["Retry-After"] == "30"
+        message = answer.json()["error"]["message"]
+        assert "model.pth" in message and "available: fallback" in message
+    assert "HDR_DEFAULT_MODEL" in by_default.json()["error"]["message"]
     assert accepted.status_code == 202 and accepted.json()["model"] == "fallback"

@@ -92,7 +92,9 @@ def test_fresh_install_without_weights_serves_real_jobs_with_classical(tmp_path:
     uploads = [(f"{i}.tif", tiff_file(frame)) for i, frame in enumerate(scene.frames)]
     with serving(repo, tmp_path / "serve.log") as (client, _serve):
         wait_for(
-            lambda: bool((_models(client) or {}).get("default_model")),
+            lambda: any(
+                m["status"] == "serving" for m in (_models(client) or {}).get("models", [])
+            ),
             120,
             "serve with a ready worker",
             interval=0.3,

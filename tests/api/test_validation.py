@@ -63,7 +63,7 @@ async def test_nothing_is_queued_by_refused_requests(client: httpx.Client, broke
     post(client, bracket_uploads()[:2], exposure_values="-2,0")
     post(client, [("a.tif", b"nonsense")] * 3, exposure_values="-2,0,2")
     assert await broker.queue_depth() == 0
-    assert await broker.redis.xlen(broker.keys.stream) == 0
+    assert await broker.redis.xlen(broker.keys.stream(broker.settings.default_model)) == 0
 
 
 @pytest.mark.parametrize("count", [1, 2, 4])

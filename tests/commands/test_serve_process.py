@@ -86,7 +86,8 @@ def _serve(repo: Path, data: Path, log: Path) -> Iterator[subprocess.Popen]:
             def ready() -> bool:
                 assert serve.poll() is None, log.read_text()
                 try:
-                    return bool(client.get("/v1/models").json().get("default_model"))
+                    models = client.get("/v1/models").json().get("models", [])
+                    return any(m["status"] == "serving" for m in models)
                 except httpx.TransportError:
                     return False
 

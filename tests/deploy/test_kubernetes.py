@@ -22,6 +22,7 @@ from kubernetes_validate import utils as kubernetes_validate
 
 from service.cli import build_parser
 from service.config import Settings
+from service.model_repo import model_names
 from service.queue.keys import GROUP, Keys
 from tests.deploy.deployfiles import (
     BUCKET_LIFECYCLE,
@@ -586,18 +587,26 @@ def test_autoscaler_watches_the_job_stream_of_these_settings(
     assert (target["kind"], target["name"]) == ("Deployment", "afunet-worker")
     one(docs, "Deployment", target["name"])
     assert "replicas" not in one(docs, "Deployment", "afunet-worker")["spec"], "KEDA owns it"
-    (trigger,) = scaled["spec"]["triggers"]
-    assert trigger["type"] == "redis-streams"
-    metadata = trigger["metadata"]
-    assert metadata["stream"] == Keys(settings.key_prefix).stream
-    # Stream-length mode (no consumer group): see the ScaledObject's comment for why.
-    assert "consumerGroup" not in metadata and int(metadata["streamLength"]) >= 1
+    triggers = scaled["spec"]["triggers"]
+    # One trigger per model the workers serve (every model of the repository: no
+    # HDR_WORKER_MODELS), each on that model's stream.
+    assert "HDR_WORKER_MODELS" not in settings_configmap(docs)
+    keys = Keys(settings.key_prefix)
+    served = model_names(Path(__file__).resolve().parents[2] / "model_repo")
+    assert served == ["afunet", "classical"]
+    assert sorted(t["metadata"]["stream"] for t in triggers) == [keys.stream(m) for m in served]
     assert GROUP == "workers"  # what a pendingEntriesCount/lagCount trigger would name
     namespace = scaled["metadata"]["namespace"]
-    host, port = metadata["address"].rsplit(":", 1)
-    assert host == f"afunet-redis.{namespace}.svc.cluster.local"
     (redis_port,) = one(docs, "Service", "afunet-redis")["spec"]["ports"]
-    assert int(port) == redis_port["port"]
+    for trigger in triggers:
+        assert trigger["type"] == "redis-streams"
+        metadata = trigger["metadata"]
+        # Stream-length mode (no consumer group): see the ScaledObject's comment for why.
+        assert "consumerGroup" not in metadata and int(metadata["streamLength"]) >= 1
+        host, port = metadata["address"].rsplit(":", 1)
+        assert host == f"afunet-redis.{namespace}.svc.cluster.local"
+        assert int(port) == redis_port["port"]
+    assert settings.unserved_model_policy == "queue"  # a waiting job is what scales a pool up
     url = _env(_container(docs, "Deployment", "afunet-worker"))["HDR_REDIS_URL"]["value"]
     assert metadata["databaseIndex"] == urlsplit(url).path.strip("/")
     auth = one(docs, "TriggerAuthentication", trigger["authenticationRef"]["name"])

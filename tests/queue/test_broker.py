@@ -72,7 +72,7 @@ async def run_to_started(broker: Broker, consumer: str = "w1") -> Delivery:
 
 
 async def stream_length(broker: Broker) -> int:
-    return int(await broker.redis.xlen(broker.keys.stream))
+    return int(await broker.redis.xlen(broker.keys.stream(broker.settings.default_model)))
 
 
 # --- submit and read back -----------------------------------------------------------------
@@ -450,7 +450,7 @@ async def test_fail_without_retry_fails_at_once_into_dead_letter(broker: Broker)
 
 
 async def test_receive_recreates_a_missing_consumer_group(broker: Broker) -> None:
-    await broker.redis.delete(broker.keys.stream)
+    await broker.redis.delete(broker.keys.stream(broker.settings.default_model))
     assert await broker.receive("w1", block_ms=0) is None
     job = await submit(broker)
     assert (await receive(broker, "w1")).job_id == job.id

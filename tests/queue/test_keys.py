@@ -13,7 +13,8 @@ JOB_ID = "0123456789abcdef0123456789abcdef"
 def test_every_key_name_starts_with_the_prefix() -> None:
     keys = Keys("hdr")
     names = [
-        keys.stream,
+        keys.stream("afunet"),
+        keys.models,
         keys.dead_letter,
         keys.queued,
         keys.workers,

@@ -91,7 +91,9 @@ async def run_jobs(broker: Broker, settings: Settings, engine: CountingEngine) -
     ids = []
     for seed in range(JOBS):
         uploads = bracket_uploads(48, 64, seed=seed)
-        record = await broker.submit(job_params(uploads), [data for _, data in uploads])
+        record = await broker.submit(
+            job_params(uploads), [data for _, data in uploads], model="classical"
+        )
         ids.append(record.id)
     models = ModelSet(
         served={"classical": served("classical", engine, tile_size=64, batch=JOBS)},  # type: ignore[arg-type]

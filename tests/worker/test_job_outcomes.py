@@ -101,20 +101,27 @@ async def test_a_service_error_is_retried_only_when_it_is_retryable(
     assert record.error is not None and error.message in record.error
 
 
-async def test_job_for_a_model_the_worker_lacks_fails_naming_what_it_serves(
+async def test_job_for_a_model_the_worker_lacks_never_reaches_it(
     broker: Broker, service_settings: Settings
 ) -> None:
-    record = await broker.submit(
-        job_params(bracket_uploads()),
-        [data for _, data in bracket_uploads()],
-        model="elsewhere",
+    """The worker reads only its models' streams: the other model's job stays queued,
+    untouched, for a worker that serves it. A record that disagrees with its stream (a
+    defect) still fails naming what the worker serves rather than running a wrong model."""
+    uploads = bracket_uploads()
+    elsewhere = await broker.submit(
+        job_params(uploads), [data for _, data in uploads], model="elsewhere"
     )
+    disagreeing = await broker.submit(job_params(uploads), [data for _, data in uploads])
+    await broker.redis.hset(broker.keys.job(disagreeing.id), "model", "nowhere")
     with worker_thread(service_settings, models_of(ReferenceEngine())):
-        failed = await until(broker, record.id, final)
+        failed = await until(broker, disagreeing.id, final)
+        ours = await until(broker, await submit(broker), final)
+        waiting = await broker.get(elsewhere.id)
 
-    assert failed.status is JobState.FAILED
-    assert failed.error is not None
-    assert "'elsewhere' is not served" in failed.error and "it serves: afunet" in failed.error
+    assert ours.status is JobState.SUCCEEDED
+    assert waiting is not None and waiting.status is JobState.QUEUED and waiting.attempts == 0
+    assert failed.status is JobState.FAILED and failed.error is not None
+    assert "'nowhere' is not served" in failed.error and "it serves: afunet" in failed.error
 
 
 async def test_stopping_worker_finishes_the_job_in_hand_within_the_drain_time(

@@ -26,11 +26,13 @@ from tests.worker.test_recovery import ready_workers, wait_exit
 pytestmark = pytest.mark.anyio
 
 
-async def submit(broker: Broker, size: int = 96, **params: Any) -> str:
+async def submit(broker: Broker, size: int = 96, model: str | None = None, **params: Any) -> str:
     """A job of ``size``-pixel square frames in 48-pixel tiles (9 tiles for 96 and for 128)."""
     uploads = bracket_uploads(size, size)
     params.setdefault("tile_size", 48)
-    record = await broker.submit(job_params(uploads, **params), [data for _, data in uploads])
+    record = await broker.submit(
+        job_params(uploads, **params), [data for _, data in uploads], model=model
+    )
     return record.id
 
 
@@ -177,7 +179,8 @@ async def test_prefetched_job_of_a_killed_worker_is_redelivered_and_completes_on
     )
     with worker_process(victim_env, tmp_path / "victim.log") as victim:
         await ready_workers(broker, {"w-victim"})
-        first, second = await submit(broker, 128), await submit(broker)
+        first = await submit(broker, 128, model="slow")
+        second = await submit(broker, model="slow")
         await prefetched(broker, first, second)
         victim.send_signal(signal.SIGKILL)
         assert wait_exit(victim) == -signal.SIGKILL
@@ -208,7 +211,8 @@ async def test_sigterm_hands_back_the_prefetched_job_and_drains_the_running_one(
     )
     with worker_process(env, tmp_path / "worker.log") as process:
         beats = await ready_workers(broker, {"w-drain"})
-        first, second = await submit(broker, 128), await submit(broker)
+        first = await submit(broker, 128, model="slow")
+        second = await submit(broker, model="slow")
         await prefetched(broker, first, second)
         heartbeat = beats["w-drain"]
         assert heartbeat["metrics_port"]

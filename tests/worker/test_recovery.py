@@ -33,8 +33,12 @@ from tests.worker.harness import api_server, until, worker_env, worker_process
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 
-async def submit(broker: Broker, uploads: list[tuple[str, bytes]], **params: Any) -> str:
-    record = await broker.submit(job_params(uploads, **params), [data for _, data in uploads])
+async def submit(
+    broker: Broker, uploads: list[tuple[str, bytes]], model: str | None = None, **params: Any
+) -> str:
+    record = await broker.submit(
+        job_params(uploads, **params), [data for _, data in uploads], model=model
+    )
     return record.id
 
 
@@ -91,7 +95,7 @@ async def test_job_of_a_worker_killed_mid_job_completes_on_another_exactly_once(
     assert await broker.running_count() == 0
     assert await broker.queue_depth() == 0
     assert await broker.dead_letter_depth() == 0
-    assert await broker.redis.xlen(broker.keys.stream) == 0
+    assert await broker.redis.xlen(broker.keys.stream(broker.settings.default_model)) == 0
 
 
 async def test_engine_fault_exits_non_zero_and_the_job_survives(
@@ -106,7 +110,7 @@ async def test_engine_fault_exits_non_zero_and_the_job_survives(
 
     with worker_process(env, tmp_path / "first.log") as first:
         await ready_workers(broker, {"w-fault"})
-        job_id = await submit(broker, bracket_uploads())
+        job_id = await submit(broker, bracket_uploads(), model="faulty")
         assert wait_exit(first) == EXIT_ENGINE_FAULT
     record = await broker.get(job_id)
     assert record is not None and record.status is JobState.QUEUED and record.attempts == 1
@@ -129,7 +133,7 @@ async def test_sigterm_hands_an_unfinished_job_back_and_exits_zero(
 
     with worker_process(env, tmp_path / "worker.log") as process:
         await ready_workers(broker, {"w-drain"})
-        job_id = await submit(broker, bracket_uploads(128, 128), tile_size=32)  # 25 tiles
+        job_id = await submit(broker, bracket_uploads(128, 128), "slow", tile_size=32)  # 25 tiles
         await until(broker, job_id, lambda r: r.tiles_done >= 1, timeout=90, interval=0.1)
         process.send_signal(signal.SIGTERM)
         assert wait_exit(process) == EXIT_OK
@@ -156,7 +160,7 @@ async def test_drain_ends_at_its_deadline_from_the_signal_even_mid_tile_batch(
 
     with worker_process(env, tmp_path / "worker.log") as process:
         await ready_workers(broker, {"w-deadline"})
-        job_id = await submit(broker, bracket_uploads(128, 128), tile_size=32)
+        job_id = await submit(broker, bracket_uploads(128, 128), "slow", tile_size=32)
         # Just after a batch ended: the next one has (almost) all of its 4 s to go.
         await until(broker, job_id, lambda r: r.tiles_done >= 1, timeout=90, interval=0.05)
         signalled = time.monotonic()
@@ -238,7 +242,7 @@ async def test_worker_announces_and_serves_the_tile_variables_it_was_started_wit
     with worker_process(env, tmp_path / "w.log"), api_server(settings) as url:
         beat = (await ready_workers(broker, {"w-env"}))["w-env"]
         listed = httpx.get(f"{url}/v1/models").json()["models"]
-        job_id = await submit(broker, bracket_uploads(128, 192))
+        job_id = await submit(broker, bracket_uploads(128, 192), model="quick")
         record = await until(broker, job_id, lambda r: r.status.is_final, timeout=60)
 
     announced = beat["models"]["quick"]

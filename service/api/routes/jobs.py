@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from typing import Annotated, Final
 
 from fastapi import APIRouter, Depends, Form, Header, Query, Request, Response
@@ -87,9 +88,19 @@ RedirectQuery = Annotated[
 JobForm = Annotated[JobCreate, Form(media_type="multipart/form-data")]
 
 
-def _public(request: Request, record: JobRecord) -> JobPublic:
+def _public(request: Request, record: JobRecord, waiting_reason: str | None = None) -> JobPublic:
     """The job as its owner sees it, with links under the app's mount point."""
-    return JobPublic.from_record(record, request.scope.get("root_path", ""))
+    job = JobPublic.from_record(record, request.scope.get("root_path", ""))
+    if record.status is JobState.QUEUED and waiting_reason is not None:
+        job.waiting_reason = waiting_reason
+    return job
+
+
+@dataclass(frozen=True)
+class _Accepted:
+    record: JobRecord
+    waiting_reason: str | None
+    """Why it may wait beyond the jobs ahead of it (no live worker serves its model)."""
 
 
 async def _submit(
@@ -100,12 +111,13 @@ async def _submit(
     broker: Broker,
     settings: Settings,
     metrics: ApiMetrics,
-) -> JobRecord:
+) -> _Accepted:
     """Validate everything, then queue; every refusal is counted by its error code."""
     try:
         submission = await read_submission(form, settings, request.app.state.probe_slots)
         catalog = await load_catalog(broker, settings)
-        model = catalog.resolve(form.model)
+        route = catalog.resolve(form.model)
+        model = route.model
         overlap = catalog.tile_overlap(model)
         tile_size = check_tile_size(form.tile_size, submission.width, submission.height, overlap)
         check_job_cost(
@@ -134,18 +146,20 @@ async def _submit(
     finally:
         for upload in form.exposures:
             await upload.close()
-    metrics.jobs_submitted.labels(model=model or "default").inc()
+    metrics.jobs_submitted.labels(model=model).inc()
+    if route.waiting_reason is not None:
+        metrics.jobs_queued_unserved.labels(model=model).inc()
     metrics.upload_bytes.observe(submission.total_bytes)
     log.info(
         "accepted job %s: %sx%s, model %s, EVs %s (%s)",
         record.id,
         submission.width,
         submission.height,
-        model or "default",
+        model,
         submission.evs,
         submission.source,
     )
-    return record
+    return _Accepted(record, route.waiting_reason)
 
 
 def _variant(fmt: ResultFormat, dtype: ExrDtype) -> str:
@@ -222,8 +236,8 @@ async def create_job(
     Every check (count, format, sizes, exposure metadata, model) runs before anything is
     queued, so a 202 means the job will reach the model.
     """
-    record = await _submit(request, form, idempotency_key, owner, broker, settings, metrics)
-    job = _public(request, record)
+    accepted = await _submit(request, form, idempotency_key, owner, broker, settings, metrics)
+    job = _public(request, accepted.record, accepted.waiting_reason)
     response.headers["Location"] = job.status_url
     return job
 
@@ -234,9 +248,15 @@ async def create_job(
     summary="A job's status and progress",
     responses=JOB_ERRORS,
 )
-async def get_job(request: Request, record: VisibleJobDep) -> JobPublic:
-    """Status, tile progress, timings per stage, and the error of a failed job."""
-    return _public(request, record)
+async def get_job(
+    request: Request, record: VisibleJobDep, broker: BrokerDep, settings: SettingsDep
+) -> JobPublic:
+    """Status, tile progress, timings per stage, the error of a failed job, and for a
+    queued job whose model no live worker serves, why it waits."""
+    reason = None
+    if record.status is JobState.QUEUED and record.model is not None:
+        reason = (await load_catalog(broker, settings)).waiting_reason(record.model)
+    return _public(request, record, reason)
 
 
 @router.get(
@@ -316,7 +336,8 @@ async def reconstruct(
 
     When the job takes longer the answer is 202 with the job, as ``POST /v1/jobs`` gives.
     """
-    record = await _submit(request, form, idempotency_key, owner, broker, settings, metrics)
+    accepted = await _submit(request, form, idempotency_key, owner, broker, settings, metrics)
+    record = accepted.record
     location = _public(request, record).status_url
     deadline = time.monotonic() + settings.sync_wait_seconds
     pause = SYNC_POLL_FIRST_SECONDS
@@ -324,7 +345,7 @@ async def reconstruct(
     while current is not None and not current.status.is_final:
         remaining = deadline - time.monotonic()
         if remaining <= 0 or await request.is_disconnected():
-            body = _public(request, current)
+            body = _public(request, current, accepted.waiting_reason)
             return JSONResponse(
                 body.model_dump(mode="json"), status_code=202, headers={"Location": location}
             )
