@@ -72,6 +72,7 @@ class StandInEngine:
     backend = "standin"
     device = "cpu"
     precision = "fp32"
+    batch_invariant = True
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds

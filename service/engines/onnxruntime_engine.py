@@ -53,6 +53,8 @@ class OnnxRuntimeEngine:
 
     backend = "onnxruntime"
     precision = "fp32"
+    batch_invariant = False
+    """Not established: the whole batch is one session run."""
 
     def __init__(self, weights: Path, cache: Path, device: str = "auto") -> None:
         try:
