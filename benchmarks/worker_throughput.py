@@ -30,7 +30,7 @@ time, reported as engine seconds per job (its busy time over the jobs).
     python -m benchmarks.worker_throughput [--engine-seconds T] [--jobs N]
         [--prefetch 0 1 2] [--quick] [--json FILE]
     python -m benchmarks.worker_throughput --model afunet --checkpoint CKPT --device cuda
-        --backend torch:graphs --precision bf16 --tile-batch 8 --prefetch 0 1
+        --backend torch:graphs --precision bf16 --tile-batch 4 --prefetch 0 1
         --small-jobs 0 --json FILE
 """
 
@@ -158,7 +158,7 @@ class Run:
     jobs_per_s: float
     engine_busy: float
     engine_seconds_per_job: float
-    """The engine's busy time over the jobs: T per call for the stand-in."""
+    """The engine's busy time over the jobs: T for the stand-in (one call per job)."""
 
 
 class Service:
