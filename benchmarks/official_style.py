@@ -161,6 +161,7 @@ class OfficialStyleEngine:
 
     backend = "official-style"
     precision = "fp32"
+    batch_invariant = False  # the whole batch in one forward, as the official code
     device = "cpu"
 
     def __init__(self, model: AFUNet) -> None:

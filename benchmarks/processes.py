@@ -42,6 +42,17 @@ class Processes:
         self._processes.append(process)
         return process
 
+    def check(self) -> None:
+        """RuntimeError naming a child that has exited, with the end of its log: service
+        processes run until stopped, so one that ended failed (its log goes with the
+        caller's temporary folder, hence the tail here)."""
+        for process, log in zip(self._processes, self._logs, strict=True):
+            if process.poll() is not None:
+                log.flush()
+                tail = Path(log.name).read_text(errors="replace")[-3000:]
+                name = Path(log.name).stem
+                raise RuntimeError(f"{name} exited with status {process.returncode}:\n{tail}")
+
     def stop(self) -> None:
         for process in reversed(self._processes):
             process.terminate()

@@ -65,6 +65,7 @@ class ZeroEngine:
     backend = "zero"
     device = "cpu"
     precision = "fp32"
+    batch_invariant = True
 
     def warmup(self, tile_h: int, tile_w: int, batch: int) -> None:
         """Nothing to warm."""

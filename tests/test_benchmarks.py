@@ -61,3 +61,55 @@ def test_worker_throughput_quick_run_writes_every_figure(redis_url: str, tmp_pat
     small = figures["small_jobs"]
     assert small["engine_calls_solo"] == 4  # one tile each, nothing packed
     assert 1 <= small["engine_calls_batched"] <= small["engine_calls_solo"]
+
+
+@pytest.mark.slow
+def test_worker_throughput_runs_the_real_afunet_engine(tmp_path: Path) -> None:
+    """gpu_check.sh's worker step (AFUNet through the real worker path, a private Redis)
+    at toy size on the CPU: the same code path as on CUDA at 1000x1500."""
+    out = tmp_path / "worker.json"
+    args = [
+        *("--model", "afunet", "--checkpoint", str(GOLDEN_CHECKPOINT), "--device", "cpu"),
+        *("--backend", "torch", "--precision", "fp32", "--size", "64x96"),
+        *("--tile-size", "64", "--tile-overlap", "16", "--tile-batch", "2"),
+        *("--jobs", "3", "--prefetch", "0", "1", "--small-jobs", "0"),
+        *("--redis-url", "embedded", "--json", str(out)),
+    ]
+    subprocess.run(
+        [sys.executable, "-m", "benchmarks.worker_throughput", *args],
+        cwd=REPO,
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
+    figures = json.loads(out.read_text())
+    assert figures["engine_seconds"] is None  # no stand-in: the engine's own time
+    assert figures["model"]["name"] == "afunet" and figures["size"] == [64, 96]
+    assert [run["prefetch"] for run in figures["runs"]] == [0, 1]
+    for run in figures["runs"]:
+        assert run["jobs_per_s"] > 0
+        assert 0 < run["engine_busy"] <= 1.05
+        assert run["engine_seconds_per_job"] > 0
+
+
+def test_worker_throughput_fails_at_once_when_the_worker_cannot_load_its_model(
+    tmp_path: Path,
+) -> None:
+    """A checkpoint the worker cannot load ends the run with the worker's reason, not
+    a wait for jobs that never run (gpu_check.sh would only see its timeout)."""
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    args = [
+        *("--model", "afunet", "--checkpoint", str(bad), "--size", "64x96"),
+        *("--tile-size", "64", "--tile-overlap", "16", "--jobs", "1", "--prefetch", "0"),
+        *("--small-jobs", "0", "--redis-url", "embedded"),
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.worker_throughput", *args],
+        cwd=REPO,
+        timeout=120,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode != 0
+    assert "the worker serves no model (afunet: checkpoint" in done.stderr

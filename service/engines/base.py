@@ -68,6 +68,11 @@ class Engine(Protocol):
     """Which backend runs: ``torch``, ``onnxruntime``, ``tensorrt``."""
     precision: str
     """Arithmetic of the network body: ``fp32``, ``fp16`` or ``bf16``."""
+    batch_invariant: bool
+    """Whether every tile's output is bit for bit the same in any batch (any size, any
+    position, any neighbours). Then packing tiles of several jobs into one call
+    (:class:`~service.engines.batching.BatchingEngine`) leaves each job's result exactly
+    its solo result; otherwise a packed job may differ in the last float bits."""
 
     @property
     def device(self) -> str:

@@ -12,10 +12,13 @@ No extra thread: the first waiting caller leads (collects, runs the engine, hand
 results), the others wait for theirs; when a leader is done, a caller whose tiles were
 not taken leads the next call. Engine calls stay one at a time. Per-job progress,
 cancellation and results stay exact because each job still runs its own tile loop and
-blending; only the engine call is shared, and an engine that computes each tile on its
-own gives every tile the same output in any batch: the classical engine does, bit for
-bit; torch on CPU fp32 differs by about 1e-6 between batch sizes (its kernels depend on
-the batch), as it does whenever a model's tile batch changes.
+blending; only the engine call is shared, and an engine that is ``batch_invariant``
+(``engines.base.Engine``) gives every tile the same output in any batch, so a packed
+job's result is bit for bit its solo result: the classical engine (numpy, per tile) and
+AFUNet on torch CPU, which runs each tile of a call alone for this (PyTorch picks its
+convolution kernels by batch size: a 32-px tile differed by 1.3e-6 between batch 1 and
+2). On a GPU the batch runs as one and a packed job may differ in the last float bits,
+as it would with another tile batch; the worker logs that when it packs for such an engine.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class BatchingEngine:
         self.max_delay = max(0.0, max_delay)
         self.backend = engine.backend
         self.precision = engine.precision
+        self.batch_invariant = engine.batch_invariant
         self._cond = threading.Condition()
         self._pending: list[_Request] = []
         self._leading = False

@@ -131,6 +131,8 @@ class ClassicalEngine:
     backend = "numpy"
     device = "cpu"
     precision = "fp32"
+    batch_invariant = True
+    """Pure numpy, every tile on its own: the same bits in any batch (tested)."""
 
     def __init__(self, deghost: bool = True, params: MergeParams | None = None) -> None:
         self.deghost = deghost

@@ -150,6 +150,8 @@ class TensorRTEngine:
     """Runs cached (or freshly built) TensorRT plans, one per tile shape."""
 
     backend = "tensorrt"
+    batch_invariant = False
+    """A GPU batch runs as one; its kernels may depend on the batch size."""
 
     def __init__(
         self,

@@ -6,6 +6,13 @@ the channel attention's frame-wide norms stay in fp32. It can compile the networ
 ``torch.compile``, and replays each tile shape as a CUDA graph: the tile shape is
 fixed for a served model, so after one capture a batch costs one graph launch instead of
 a few thousand kernel launches from Python.
+
+On CPU it runs the tiles of a batch one at a time (batch 1), so that a tile's output never
+depends on its batch, whatever kernels the libraries pick: a job whose tiles are packed
+with other jobs' (``batching.py``) must get exactly its solo result. PyTorch picks a
+convolution's kernel by batch size (its own for a small input at batch 1, oneDNN's at
+batch 2 and more), so a 32-px tile alone differed from the same tile in a batch by 1.3e-6.
+It costs nothing from 64-px tiles up (a CPU gains nothing from batching; see README).
 """
 
 from __future__ import annotations
@@ -125,6 +132,9 @@ class TorchEngine:
         self.fallback_reason: str | None = None
         """Why this engine runs another precision than was asked for."""
         self._use_graphs = cuda_graphs and device.type == "cuda"
+        self.batch_invariant = device.type == "cpu"
+        """On CPU every tile runs alone, so its output is the same in any batch; on a GPU
+        the batch runs as one (its kernels may depend on the batch size: not exact)."""
         self._graphs: OrderedDict[tuple[int, ...], _CudaGraph] = OrderedDict()
 
     @classmethod
@@ -144,7 +154,8 @@ class TorchEngine:
         return str(self._device)
 
     def warmup(self, tile_h: int, tile_w: int, batch: int) -> None:
-        self.run(TileBatch.blank(batch, tile_h, tile_w))
+        # On CPU every forward is one tile: one warms the only shape there is.
+        self.run(TileBatch.blank(1 if self.batch_invariant else batch, tile_h, tile_w))
 
     def _graph(self, x: torch.Tensor) -> _CudaGraph:
         key = tuple(x.shape)
@@ -170,5 +181,11 @@ class TorchEngine:
     @torch.inference_mode()
     def run(self, batch: TileBatch) -> np.ndarray:
         x = self._input(batch)
+        if self.batch_invariant:
+            # Each tile in a fresh tensor: the same shape and the same (allocator) alignment
+            # as a tile that came alone, hence the same kernels and the same bits.
+            return np.concatenate(
+                [self._forward(x[i : i + 1].clone()).float().numpy() for i in range(batch.size)]
+            )
         out = self._graph(x)(x) if self._use_graphs else self._forward(x)
         return out.float().cpu().numpy()

@@ -24,6 +24,7 @@ class MeteredEngine:
         self.metrics = metrics
         self.backend = engine.backend
         self.precision = engine.precision
+        self.batch_invariant = engine.batch_invariant
 
     @property
     def device(self) -> str:

@@ -746,6 +746,14 @@ class Worker:
                 model.tile_batch,
                 self.settings.batch_delay_ms / 1000,
             )
+            if not batcher.batch_invariant:
+                log.info(
+                    "model %s: its %s engine on %s is not batch-invariant; a job packed with"
+                    " others may differ from its solo result in the last float bits",
+                    name,
+                    batcher.backend,
+                    batcher.device,
+                )
         return batcher
 
     def _free_slot(self, job: ActiveJob) -> None:

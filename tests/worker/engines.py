@@ -36,6 +36,7 @@ class ReferenceEngine:
     backend = "test"
     device = "cpu"
     precision = "fp32"
+    batch_invariant = True
 
     def __init__(self, delay: float = 0.0) -> None:
         self.delay = delay
