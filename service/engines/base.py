@@ -90,3 +90,24 @@ class Engine(Protocol):
         on a GPU may build it there from ``batch.frames`` instead.
         """
         ...
+
+
+class EngineWrapper:
+    """An engine in front of another (metering, cross-job packing): the same backend,
+    precision, batch invariance, device and warm-up; a subclass adds to :meth:`run`."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.backend = engine.backend
+        self.precision = engine.precision
+        self.batch_invariant = engine.batch_invariant
+
+    @property
+    def device(self) -> str:
+        return self.engine.device
+
+    def warmup(self, tile_h: int, tile_w: int, batch: int) -> None:
+        self.engine.warmup(tile_h, tile_w, batch)
+
+    def run(self, batch: TileBatch) -> np.ndarray:
+        return self.engine.run(batch)

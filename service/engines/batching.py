@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.engines.base import Engine, TileBatch
+from service.engines.base import Engine, EngineWrapper, TileBatch
 
 
 @dataclass(eq=False)
@@ -44,28 +44,18 @@ class _Request:
         self.key = (self.batch.height, self.batch.width, self.batch.evs)
 
 
-class BatchingEngine:
+class BatchingEngine(EngineWrapper):
     """``engine`` shared by concurrent callers, whose compatible calls are packed."""
 
     def __init__(self, engine: Engine, max_tiles: int, max_delay: float) -> None:
         """``max_tiles``: the most tiles per engine call (the model's tile batch);
         ``max_delay``: the longest a partial call waits to fill, in seconds."""
-        self.engine = engine
+        super().__init__(engine)
         self.max_tiles = max(1, max_tiles)
         self.max_delay = max(0.0, max_delay)
-        self.backend = engine.backend
-        self.precision = engine.precision
-        self.batch_invariant = engine.batch_invariant
         self._cond = threading.Condition()
         self._pending: list[_Request] = []
         self._leading = False
-
-    @property
-    def device(self) -> str:
-        return self.engine.device
-
-    def warmup(self, tile_h: int, tile_w: int, batch: int) -> None:
-        self.engine.warmup(tile_h, tile_w, batch)
 
     def run(self, batch: TileBatch) -> np.ndarray:
         """``batch``'s outputs, computed in one engine call with other callers' tiles."""

@@ -12,26 +12,16 @@ import time
 
 import numpy as np
 
-from service.engines.base import Engine, TileBatch
+from service.engines.base import Engine, EngineWrapper, TileBatch
 from service.metrics import WorkerMetrics
 
 
-class MeteredEngine:
+class MeteredEngine(EngineWrapper):
     """``engine`` with every :meth:`run` timed and its batch size observed."""
 
     def __init__(self, engine: Engine, metrics: WorkerMetrics) -> None:
-        self.engine = engine
+        super().__init__(engine)
         self.metrics = metrics
-        self.backend = engine.backend
-        self.precision = engine.precision
-        self.batch_invariant = engine.batch_invariant
-
-    @property
-    def device(self) -> str:
-        return self.engine.device
-
-    def warmup(self, tile_h: int, tile_w: int, batch: int) -> None:
-        self.engine.warmup(tile_h, tile_w, batch)
 
     def run(self, batch: TileBatch) -> np.ndarray:
         began = time.perf_counter()

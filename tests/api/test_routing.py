@@ -5,7 +5,9 @@ is refused (503) or queued with a reason, as HDR_UNSERVED_MODEL_POLICY says."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,18 @@ def one_model(name: str) -> ModelSet:
 
 def worker_settings(settings: Settings, worker_id: str) -> Settings:
     return settings.model_copy(update={"worker_id": f"{settings.worker_id}-{worker_id}"})
+
+
+@contextlib.contextmanager
+def classical_fleet(settings: Settings) -> Iterator[httpx.Client]:
+    """The API and one worker serving only `classical`, ready; yields an API client."""
+    with (
+        api_server(settings) as url,
+        httpx.Client(base_url=url, timeout=30) as client,
+        worker_thread(worker_settings(settings, "classical"), one_model("classical")),
+    ):
+        serving(client, "classical")
+        yield client
 
 
 def final_job(client: httpx.Client, job: dict[str, Any]) -> dict[str, Any]:
@@ -85,12 +99,7 @@ def test_an_unserved_model_queues_with_its_reason_until_a_worker_for_it_starts(
     """HDR_UNSERVED_MODEL_POLICY=queue, the autoscaled fleet: the job waits in its model's
     stream (what KEDA scales that model's workers on), says why, and is counted."""
     settings = service_settings.model_copy(update={"unserved_model_policy": "queue"})
-    with (
-        api_server(settings) as url,
-        httpx.Client(base_url=url, timeout=30) as client,
-        worker_thread(worker_settings(settings, "classical"), one_model("classical")),
-    ):
-        serving(client, "classical")
+    with classical_fleet(settings) as client:
         answer = submit(client, model="afunet")
         assert answer.status_code == 202, answer.text
         job = answer.json()
@@ -112,12 +121,7 @@ def test_an_unserved_model_queues_with_its_reason_until_a_worker_for_it_starts(
 def test_the_refuse_policy_answers_503_for_a_model_no_live_worker_serves(
     service_settings: Settings,
 ) -> None:
-    with (
-        api_server(service_settings) as url,
-        httpx.Client(base_url=url, timeout=30) as client,
-        worker_thread(worker_settings(service_settings, "classical"), one_model("classical")),
-    ):
-        serving(client, "classical")
+    with classical_fleet(service_settings) as client:
         refused = submit(client, model="afunet")
         unknown = submit(client, model="nope")
         accepted = submit(client, model="classical")
@@ -134,12 +138,7 @@ def test_a_worker_reads_only_the_streams_of_the_models_it_serves(
 ) -> None:
     """A job of a model this worker lacks stays queued for another: never failed here."""
     settings = service_settings.model_copy(update={"unserved_model_policy": "queue"})
-    with (
-        api_server(settings) as url,
-        httpx.Client(base_url=url, timeout=30) as client,
-        worker_thread(worker_settings(settings, "classical"), one_model("classical")),
-    ):
-        serving(client, "classical")
+    with classical_fleet(settings) as client:
         waiting = submit(client, model="afunet").json()
         ran = final_job(client, submit(client, model="classical").json())
         after = client.get(waiting["status_url"]).json()

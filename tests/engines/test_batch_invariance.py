@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from service.engines.base import TileBatch
+from service.engines.base import EngineWrapper, TileBatch
 from service.engines.batching import BatchingEngine
 from service.engines.pipeline import reconstruct
 from service.engines.tiling import TilePlan
@@ -29,22 +29,12 @@ EVS = (-2.0, 0.0, 2.0)
 FRAMES = [(32, 32), (32, 72), (32, 48)]
 
 
-class CountingEngine:
+class CountingEngine(EngineWrapper):
     """``engine`` recording the tile count of every call."""
 
     def __init__(self, engine: TorchEngine) -> None:
-        self.engine = engine
-        self.backend = engine.backend
-        self.precision = engine.precision
-        self.batch_invariant = engine.batch_invariant
+        super().__init__(engine)
         self.sizes: list[int] = []
-
-    @property
-    def device(self) -> str:
-        return self.engine.device
-
-    def warmup(self, tile_h: int, tile_w: int, batch: int) -> None:
-        self.engine.warmup(tile_h, tile_w, batch)
 
     def run(self, batch: TileBatch) -> np.ndarray:
         self.sizes.append(batch.size)
