@@ -348,7 +348,8 @@ class Job:
         ``progress(tiles_done, tiles_total)`` is called at the start and whenever the
         progress changes (``tiles_total`` is 0 until a worker plans the tiles). Raises
         :class:`JobFailed` when the job fails or is cancelled, and a ``wait_timeout``
-        :class:`ClientError` after ``timeout`` seconds (the job goes on).
+        :class:`ClientError` after ``timeout`` seconds (the job goes on; the message says
+        why a queued job waits when no live worker serves its model).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         seen: tuple[int, int] | None = None
@@ -363,8 +364,9 @@ class Job:
             if info.status.is_final:
                 raise JobFailed(info)
             if deadline is not None and time.monotonic() >= deadline:
+                why = f": {info.waiting_reason}" if info.waiting_reason else ""
                 raise ClientError(
-                    f"job {self.id} still {info.status.value} after {timeout:g} s",
+                    f"job {self.id} still {info.status.value} after {timeout:g} s{why}",
                     code="wait_timeout",
                 )
             pause = poll if deadline is None else min(poll, max(0.0, deadline - time.monotonic()))

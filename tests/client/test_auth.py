@@ -73,3 +73,4 @@ def test_submit_command_takes_url_and_key_from_the_environment(
     assert keyed.returncode == 1  # accepted, but no worker runs it within the timeout
     assert keyed.stderr.startswith("hdr-service submit: error: wait_timeout: job ")
     assert "still queued after 1 s" in keyed.stderr and keyed.stderr.count("\n") == 1
+    assert "no live worker serves model 'afunet'" in keyed.stderr  # why it waits
