@@ -25,7 +25,9 @@ Routing a new job (:meth:`Catalog.resolve`):
   Retry-After, naming what is served and why the model is not;
 - while no live worker has finished loading (none started yet, or all warming up), every
   known model queues under either policy: refusing would turn a rolling restart into an
-  outage.
+  outage. Except, under ``refuse``, a job naming no model while workers are loading:
+  which model it gets is only known once one is ready (a fresh install without weights
+  runs it on ``classical``), so it is a 503 with a short Retry-After.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from service.api.errors import ModelUnavailable, NoWorkerForModel
+from service.api.errors import LOADING_RETRY_AFTER_SECONDS, ModelUnavailable, NoWorkerForModel
 from service.api.schemas import ModelPublic
 from service.config import Settings
 from service.model_repo import FALLBACK_MODEL, model_names
@@ -159,6 +161,15 @@ class Catalog:
                 else f"available: {available}"
             )
             raise ModelUnavailable(f"unknown model {name!r}; {where}")
+        if requested is None and self.heartbeats and self.loading and self.policy == "refuse":
+            # Which model a job naming none runs on is known once a worker has loaded
+            # (HDR_DEFAULT_MODEL, or classical where that cannot open): ask again shortly
+            # rather than queue it for a model this fixed fleet may never serve.
+            raise NoWorkerForModel(
+                "the workers are still loading their models; retry shortly, or name a model"
+                " in `model`",
+                retry_after=LOADING_RETRY_AFTER_SECONDS,
+            )
         if self.loading or self.policy == "queue":
             return Route(name, self.waiting_reason(name))
         entry = self._entries.get(name)

@@ -34,6 +34,8 @@ UNAVAILABLE_RETRY_AFTER_SECONDS: Final = 5
 #: Retry-After of a job refused because no live worker serves its model: a worker being
 #: (re)started takes about this long to load and warm up a model.
 NO_WORKER_RETRY_AFTER_SECONDS: Final = 30
+#: Retry-After of a job naming no model while every live worker is still loading.
+LOADING_RETRY_AFTER_SECONDS: Final = 5
 #: Longest message echoed from a validation error (inputs can be long).
 MAX_DETAIL_CHARS: Final = 300
 #: Methods a 405's Allow header may list, in the order it lists them.
@@ -128,8 +130,8 @@ class NoWorkerForModel(Unavailable):
 
     code = "no_worker_for_model"
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message, retry_after=NO_WORKER_RETRY_AFTER_SECONDS)
+    def __init__(self, message: str, retry_after: int = NO_WORKER_RETRY_AFTER_SECONDS) -> None:
+        super().__init__(message, retry_after=retry_after)
 
 
 class NotReady(Unavailable):

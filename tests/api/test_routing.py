@@ -195,9 +195,17 @@ def test_unknown_models_are_422_and_known_ones_include_those_with_a_stream() -> 
     assert catalog.resolve("afunet").waiting_reason is not None
     with pytest.raises(ModelUnavailable, match="unknown model 'nope'"):
         catalog.resolve("nope")
-    # While every live worker is still loading, any known model queues under refuse too.
+    # While every live worker is still loading, any known model queues under refuse too,
+    # but a job naming none is asked to come back: its model is not known yet.
     loading = Catalog([{"state": "loading", "models": {}}], ["afunet"], "afunet", "refuse")
     assert loading.resolve("afunet").waiting_reason == "the workers are still loading their models"
+    with pytest.raises(NoWorkerForModel, match="still loading") as refused:
+        loading.resolve(None)
+    assert refused.value.retry_after == 5
+    queueing = Catalog([{"state": "loading", "models": {}}], ["afunet"], "afunet", "queue")
+    assert queueing.resolve(None).model == "afunet"
+    # No worker at all: nothing is loading; jobs queue for HDR_DEFAULT_MODEL.
+    assert Catalog([], ["afunet"], "afunet", "refuse").resolve(None).model == "afunet"
 
 
 def test_hdr_worker_models_restricts_what_a_worker_loads(tmp_path: Path) -> None:
