@@ -10,6 +10,10 @@ hash, never the key, becomes the owner stored with a job: a job is visible only 
 key that created it (to anyone else it does not exist: 404, not 403, so that ids of other
 tenants cannot even be confirmed). Without keys there is no owner and the unguessable
 job id is the capability.
+
+The key is checked (and hashed) once per request, by the
+:class:`~service.api.middleware.ApiKeyGate` on the raw headers, before any body is read;
+it leaves the owner in the request's state, where :func:`get_owner` reads it.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Sequence
-from typing import Annotated
+from typing import Annotated, Final
 
 from fastapi import Depends, Path, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
@@ -71,12 +75,16 @@ BrokerDep = Annotated[Broker, Depends(get_broker)]
 MetricsDep = Annotated[ApiMetrics, Depends(get_metrics)]
 
 
+#: Name, in the request's state (``scope["state"]``), of the owner the key gate resolved.
+OWNER_STATE: Final = "owner"
+
+
 def authenticate(presented: str | None, known: Sequence[str]) -> str | None:
     """The owner id of a presented key; None when auth is off (no ``known`` hashes).
 
-    Raises 401 without a key, 403 for a key that is not one of ``known``. Used twice: by
-    the :class:`~service.api.middleware.ApiKeyGate` on the raw headers before a body is
-    read, and by :func:`get_owner` for the handlers.
+    Raises 401 without a key, 403 for a key that is not one of ``known``. Called once per
+    ``/v1`` request, by the :class:`~service.api.middleware.ApiKeyGate` on the raw headers
+    before a body is read; handlers get its answer through :func:`get_owner`.
     """
     if not known:
         return None
@@ -98,9 +106,21 @@ def get_owner(
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     header_key: Annotated[str | None, Depends(_api_key_header)],
 ) -> str | None:
-    """The caller's owner id (hash of its key); None when auth is off. 401/403 otherwise."""
-    presented = header_key or (bearer.credentials if bearer is not None else None)
-    return authenticate(presented, request.app.state.key_hashes)
+    """The caller's owner id (hash of its key), as the key gate resolved it; None when
+    auth is off.
+
+    The gate already answered 401/403 for a missing or unknown key, so this neither reads
+    nor hashes the key again. ``bearer`` and ``header_key`` are declared only so that the
+    OpenAPI document lists the two key schemes on every route that needs a key. A
+    request the gate did not see (an app assembled without it) fails with 500 rather
+    than passing as a caller without owner: the check fails closed.
+    """
+    del bearer, header_key  # read by the gate from the raw headers
+    state = request.scope.get("state", {})
+    if OWNER_STATE not in state:
+        raise RuntimeError("no owner in the request state: ApiKeyGate must run before routes")
+    owner: str | None = state[OWNER_STATE]
+    return owner
 
 
 OwnerDep = Annotated[str | None, Depends(get_owner)]

@@ -17,7 +17,7 @@ from typing import Final
 from starlette.routing import Match, Router
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.api.deps import authenticate
+from service.api.deps import OWNER_STATE, authenticate
 from service.api.errors import (
     BodyTimeout,
     RequestTooLarge,
@@ -41,6 +41,21 @@ async def _answer_error(scope: Scope, receive: Receive, send: Send, error: Servi
     await response(scope, receive, send)
 
 
+def _protected(scope: Scope) -> bool:
+    """Whether ``scope`` is an HTTP request for a /v1 route.
+
+    Judged on the path the router matches, without the ``root_path`` that uvicorn's
+    ``--root-path`` puts in front of ``scope["path"]``: behind a prefix, the gate must
+    still see the same requests that reach the /v1 routes.
+    """
+    if scope["type"] != "http":
+        return False
+    path, root = str(scope.get("path", "")), str(scope.get("root_path", ""))
+    if root and path.startswith(root + "/"):
+        path = path[len(root) :]
+    return path.startswith(PROTECTED_PREFIX)
+
+
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", ()):
         if key == name:
@@ -49,11 +64,13 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 class ApiKeyGate:
-    """Refuse (401/403) a /v1 request without an accepted API key from its headers alone.
+    """Refuse (401/403) a /v1 request without an accepted API key from its headers alone,
+    and name the owner of one with an accepted key.
 
     Before this gate, a 57 MB POST without a key was parsed in full before it got its
-    401. The route dependency (``get_owner``) still runs to name the owner; this only
-    makes sure no body of an unauthenticated request is ever read.
+    401. It is the one place a key is checked and hashed: the owner it resolves (None
+    when auth is off) goes into the request's state under ``OWNER_STATE``, where the
+    route dependency ``get_owner`` reads it.
     """
 
     def __init__(self, app: ASGIApp, key_hashes: Sequence[str]) -> None:
@@ -61,20 +78,17 @@ class ApiKeyGate:
         self.key_hashes = tuple(key_hashes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] == "http"
-            and self.key_hashes
-            and str(scope.get("path", "")).startswith(PROTECTED_PREFIX)
-        ):
+        if _protected(scope):
             presented = _header(scope, b"x-api-key")
             if not presented:
                 scheme, _, credentials = (_header(scope, b"authorization") or "").partition(" ")
                 presented = credentials.strip() if scheme.lower() == "bearer" else None
             try:
-                authenticate(presented, self.key_hashes)
+                owner = authenticate(presented, self.key_hashes)
             except ServiceError as exc:
                 await _answer_error(scope, receive, send, exc)
                 return
+            scope.setdefault("state", {})[OWNER_STATE] = owner
         await self.app(scope, receive, send)
 
 
@@ -93,11 +107,7 @@ class UploadLimit:
         self.active = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (
-            scope["type"] != "http"
-            or scope.get("method") != "POST"
-            or not str(scope.get("path", "")).startswith(PROTECTED_PREFIX)
-        ):
+        if scope.get("method") != "POST" or not _protected(scope):
             await self.app(scope, receive, send)
             return
         if self.active >= self.limit:

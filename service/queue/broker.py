@@ -364,22 +364,31 @@ class Broker:
             found = await pipe.execute()
         return {job_id for job_id, n in zip(valid, found, strict=True) if n}
 
-    async def drop_blobs(self, job_id: str, *, inputs_only: bool = False) -> None:
+    async def drop_blobs(
+        self, job_id: str, *, inputs_only: bool = False, inputs: Sequence[str] = ()
+    ) -> None:
         """Delete a job's blobs (or only its uploads) from the store; a store fault is
-        logged, not raised: the sweeper removes what is left once the record expires."""
+        logged, not raised: the sweeper removes what is left once the record expires.
+
+        ``inputs``: the uploads' names when known (the record's ``params.inputs``); with
+        ``inputs_only`` exactly those are deleted, without listing the job's folder (a
+        LIST request per finished job on S3). Unknown (a record from before blob
+        references), the folder is listed for its ``input-`` blobs. Only names inside
+        the job's folder are ever deleted.
+        """
         prefix = job_prefix(job_id)
+        uploads = f"{prefix}input-"
+        known = [name for name in inputs if name.startswith(uploads)]
 
         def drop() -> None:
-            if inputs_only:
-                self.store.delete(
-                    [
-                        b.name
-                        for b in self.store.list(prefix)
-                        if b.name.startswith(f"{prefix}input-")
-                    ]
-                )
-            else:
+            if not inputs_only:
                 self.store.delete_prefix(prefix)
+            elif known:
+                self.store.delete(known)
+            else:
+                self.store.delete(
+                    [b.name for b in self.store.list(prefix) if b.name.startswith(uploads)]
+                )
 
         try:
             await asyncio.to_thread(drop)
@@ -656,7 +665,8 @@ class Broker:
         width: int,
         height: int,
     ) -> bool:
-        """Mark the job succeeded, ack and delete its entry, delete its uploads.
+        """Mark the job succeeded, ack and delete its entry, delete its uploads (by the
+        names its record holds, which the COMPLETE script returns).
 
         The worker has stored the result under ``result_name(job_id)`` before: a record
         never says ``succeeded`` without its result. Returns True when this call finished
@@ -664,7 +674,7 @@ class Broker:
         it was cancelled or failed) or has expired: then nothing changes and the entry is
         only acked; the blobs go unless another worker's result is the job's result.
         """
-        outcome = await self._complete(
+        reply = await self._complete(
             keys=[
                 self.keys.job(delivery.job_id),
                 self.keys.queued,
@@ -684,10 +694,13 @@ class Broker:
                 self._ttl,
             ],
         )
+        outcome = reply[0]
         stored = outcome == b"stored"
         if stored:
             log.info("job %s succeeded", delivery.job_id)
-            await self.drop_blobs(delivery.job_id, inputs_only=True)
+            params = reply[1].decode()
+            inputs = JobParams.from_json(params).inputs if params else ()
+            await self.drop_blobs(delivery.job_id, inputs_only=True, inputs=inputs)
         else:
             log.info("result of job %s dropped: job %s", delivery.job_id, outcome.decode())
             if outcome != JobState.SUCCEEDED.value.encode():

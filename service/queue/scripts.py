@@ -214,12 +214,13 @@ return 1
 
 #: KEYS job, queued, stream, cancel, stats, webhooks
 #: ARGV group, entry, job_id, now, timings_json, width, height, ttl
-#: -> 'stored' when this call finished the job (its result is in the blob store already),
-#:    else the current status or 'expired'
+#: -> {'stored', params_json} when this call finished the job (its result is in the blob
+#:    store already; the params name its uploads, for the broker to delete without
+#:    listing the job's folder), else {current status} or {'expired'}
 COMPLETE: Final = _lua("""
 local group, entry, job_id, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local over = ended(KEYS[1], KEYS[2], KEYS[3], group, entry, job_id)
-if over then return over end
+if over then return {over} end
 redis.call('HSET', KEYS[1], 'status', SUCCEEDED, 'finished_at', ARGV[4],
   'timings', ARGV[5], 'width', ARGV[6], 'height', ARGV[7])
 redis.call('HDEL', KEYS[1], 'error')
@@ -244,7 +245,7 @@ if started then
 end
 settle(KEYS[3], group, entry)
 refresh(ARGV[8], KEYS[1])
-return 'stored'
+return {'stored', redis.call('HGET', KEYS[1], 'params') or ''}
 """)
 
 #: KEYS job, queued, stream, dead, cancel, webhooks

@@ -32,9 +32,9 @@ from typing import Final
 import httpx
 from redis.exceptions import RedisError
 
-from service.api.schemas import JobPublic
 from service.config import Settings
 from service.errors import InvalidWebhookUrl
+from service.job_public import JobPublic
 from service.metrics import WebhookMetrics, WebhookOutcome, WebhookResult
 from service.queue import Broker, JobRecord
 from service.queue.jobs import WebhookStatus

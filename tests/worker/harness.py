@@ -168,11 +168,20 @@ def _pings(client: redis.Redis) -> bool:
 
 
 @contextmanager
-def api_server(settings: Settings) -> Iterator[str]:
-    """The API app of ``settings`` under uvicorn on a free loopback port; yields its URL."""
+def api_server(settings: Settings, root_path: str = "") -> Iterator[str]:
+    """The API app of ``settings`` under uvicorn on a free loopback port; yields its URL.
+
+    ``root_path``: uvicorn's ``--root-path``, as behind a proxy that strips that prefix:
+    requests still go to the URL yielded, the app sees the prefix in its scope.
+    """
     port = free_port()
     config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
+        create_app(settings),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        root_path=root_path,
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="api-server", daemon=True)
