@@ -8,10 +8,29 @@ the frame.
 
 Before libheif sees the bytes, the top-level boxes are walked by their lengths: a file cut
 off anywhere (an interrupted upload usually loses the end of ``mdat``, which libheif would
-only notice while decoding, on the worker) is refused at admission. The same walk reads
-every ``ispe`` (image spatial extent) property, the sizes of the coded images the file
-holds: a clean-aperture box may crop a huge coded frame to a few pixels, and the decoder
-allocates the coded frame, so the largest of them counts against the pixel limit too.
+only notice while decoding, on the worker) is refused at admission.
+
+The same walk measures what decoding will cost, since the pixel limit must hold for what
+libheif allocates, not for what the container claims. Each ``ispe`` (image spatial extent)
+property is only a claim; the HEVC decoder allocates the picture its sequence parameter set
+(SPS) codes, ``pic_width/height_in_luma_samples``, before any crop (conformance window,
+``clap``, the grid's output size). SPSs are read from every ``hvcC`` property and from the
+primary image's coded data too: libheif hands the decoder the ``hvcC`` NAL units followed by
+the item's own, and an SPS among those replaces the one ``hvcC`` declared. What counts
+against ``HDR_MAX_PIXELS`` (as ``coded_pixels``; 413 when over) is the largest of:
+
+- every ``ispe`` and every ``hvcC`` SPS in the file (thumbnails included), and every SPS
+  in the primary image's coded data: no single coded picture may exceed the limit;
+- the sum, over the coded pictures the primary image is made of (itself, or each tile of
+  its grid, counted as often as the grid lists it), of the largest SPS of each: a grid of
+  tiles each under the limit, or one tile listed thousands of times, is a bomb too.
+
+A tile whose SPS is far larger than its ``ispe`` thus costs its coded size, not its claim.
+A real grid costs a little more than its output size (an iPhone's 4032 x 3024 is 48 tiles of
+512 x 512: 12.6 MP). Hostile bytes cost no more than real ones: SPS fields are read by a
+bit reader that refuses to run off the end, exp-Golomb codes are at most 32 bits, and box,
+association, extent, parameter-set and NAL-unit counts are all bounded; anything malformed
+is :class:`UnsupportedImage` (415) saying what.
 
 HEIF's own transforms (``irot`` rotation, ``imir`` mirror, ``clap`` crop) are part of the
 image the container defines and libheif applies them; the reported size is the size after
