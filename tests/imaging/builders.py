@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import pillow_heif
@@ -256,9 +256,9 @@ def _hvcc_with_sps_size(record: bytes, width: int, height: int) -> bytes:
     return bytes(out)
 
 
-def _rebuilt_boxes(data: bytes, start: int, end: int, edit: dict[bytes, object]) -> bytes:
-    """The boxes of ``data[start:end]`` (32-bit sizes), ``hvcC`` payloads passed through
-    ``edit[b"hvcC"]`` and the containers on the way re-sized."""
+def _rebuilt_boxes(data: bytes, start: int, end: int, edit: Callable[[bytes], bytes]) -> bytes:
+    """The boxes of ``data[start:end]`` (32-bit sizes), each ``hvcC`` payload passed through
+    ``edit`` and the containers on the way (``meta``, ``iprp``, ``ipco``) re-sized."""
     out = bytearray()
     while start < end:
         size, kind = struct.unpack_from(">I4s", data, start)
@@ -267,8 +267,8 @@ def _rebuilt_boxes(data: bytes, start: int, end: int, edit: dict[bytes, object])
             payload = payload[:4] + _rebuilt_boxes(data, start + 12, start + size, edit)
         elif kind in (b"iprp", b"ipco"):
             payload = _rebuilt_boxes(data, start + 8, start + size, edit)
-        elif kind in edit:
-            payload = edit[kind](payload)  # type: ignore[operator]
+        elif kind == b"hvcC":
+            payload = edit(payload)
         out += struct.pack(">I4s", 8 + len(payload), kind) + payload
         start += size
     return bytes(out)
@@ -311,8 +311,9 @@ def patch_heif_sps(data: bytes, width: int, height: int) -> bytes:
     the boxes around grow or shrink with it and ``iloc`` follows ``mdat``."""
     at = data.index(b"meta") - 4
     size = int.from_bytes(data[at : at + 4], "big")
-    edit = {b"hvcC": lambda record: _hvcc_with_sps_size(record, width, height)}
-    meta = _rebuilt_boxes(data, at, at + size, edit)
+    meta = _rebuilt_boxes(
+        data, at, at + size, lambda hvcc: _hvcc_with_sps_size(hvcc, width, height)
+    )
     out = bytearray(data[:at] + meta + data[at + size :])
     _shift_iloc(out, at, len(meta) - size)
     return bytes(out)

@@ -292,22 +292,28 @@ def test_other_iso_media_files_are_not_images(rgb8: np.ndarray) -> None:
 
 @pytest.mark.parametrize("bits", [8, 10])
 @pytest.mark.parametrize("lossless", [True, False])
-@pytest.mark.parametrize(("width", "height"), [(64, 48), (130, 100), (1000, 130), (64, 200)])
+@pytest.mark.parametrize(
+    ("size", "shown", "coded"),
+    [
+        ((130, 100), (130, 100), (136, 104)),  # coded in whole 8 x 8 blocks, then cropped
+        ((1000, 130), (1000, 130), (1000, 136)),
+        ((64, 200), (64, 200), (64, 200)),
+        ((64, 48), (64, 64), (64, 64)),  # libheif pads to 64 x 64 and crops by clap
+    ],
+)
 def test_the_sps_of_a_real_encode_declares_its_size(
-    width: int, height: int, lossless: bool, bits: int
+    size: tuple[int, int], shown: tuple[int, int], coded: tuple[int, int], lossless: bool, bits: int
 ) -> None:
-    """x265 codes whole 8 x 8 blocks and crops the rest with the conformance window, down to
-    what ``ispe`` declares; libheif pads a picture under 64 pixels to 64 and crops by clap."""
+    """x265 codes whole 8 x 8 blocks; its conformance window crops them to what ``ispe``
+    declares, and ``coded_pixels`` is the coded size, what the decoder allocates."""
+    width, height = size
     pixels = np.random.default_rng(width).integers(0, 1 << bits, (height, width, 3))
     data = heic_bytes(pixels.astype(np.uint8 if bits == 8 else np.uint16), bits, lossless=lossless)
     start, end = _property(data, b"hvcC")
-    ispe = struct.unpack_from(">II", data, _property(data, b"ispe")[0] + 4)
-    padded = (max(64, width), max(64, height)) if min(width, height) < 64 else (width, height)
-    assert ispe == padded
-    assert hvcc_sps_sizes(data[start:end]) == (
-        SpsSize(-(-ispe[0] // 8) * 8, -(-ispe[1] // 8) * 8, *ispe),
-    )
-    assert probe(data).coded_pixels == -(-ispe[0] // 8) * 8 * -(-ispe[1] // 8) * 8
+    assert struct.unpack_from(">II", data, _property(data, b"ispe")[0] + 4) == shown
+    assert hvcc_sps_sizes(data[start:end]) == (SpsSize(*coded, *shown),)
+    info = probe(data)
+    assert (info.width, info.height, info.coded_pixels) == (width, height, coded[0] * coded[1])
 
 
 @pytest.mark.parametrize(
@@ -434,14 +440,14 @@ def test_a_garbage_sps_in_hvcc_is_415_with_the_reason(
 
 @pytest.mark.parametrize("cut", [0, 10, 22, 23, 26, 40])
 def test_a_truncated_hvcc_is_415_with_the_reason(rgb8: np.ndarray, cut: int) -> None:
-    """The hvcC box shrinks to ``cut`` bytes; the boxes after it keep their places."""
+    """The hvcC payload shrinks to ``cut`` bytes, a free box filling the rest, so the
+    boxes after it keep their places."""
     data = heic_bytes(rgb8)
     start, end = _property(data, b"hvcC")
     short = bytearray(data)
     short[start - 8 : start - 4] = (8 + cut).to_bytes(4, "big")
-    short[start + cut : end] = b"\x00\x00\x00\x08free" + bytes(end - start - cut - 8)
-    short[start + cut + 8 : end] = bytes(end - start - cut - 8)
-    short[start + cut : start + cut + 4] = (end - start - cut).to_bytes(4, "big")
+    rest = end - start - cut  # becomes a free box
+    short[start + cut : end] = rest.to_bytes(4, "big") + b"free" + bytes(rest - 8)
     with pytest.raises(UnsupportedImage, match=r"corrupt HEIF: hvcC (is \d+ bytes|ends)"):
         probe(bytes(short))
 
