@@ -96,8 +96,9 @@ class ImageInfo:
     exposure: ExifExposure | None = None
     """The EXIF exposure settings, or None when the file carries no EXIF block."""
     coded_pixels: int = 0
-    """The largest image the container declares before cropping, when it stores one (HEIF's
-    ``ispe`` of a frame a clean-aperture box crops, of grid tiles, of thumbnails): the
+    """What decoding costs before cropping, when the container stores images coded larger
+    than they show (HEIF: the largest ``ispe`` or HEVC SPS size of a frame, tile or
+    thumbnail, or all of a grid's tiles together; see :mod:`service.imaging.heif`): the
     decoder allocates that much, so a few-pixel crop of a gigapixel frame is a bomb too."""
 
     @property

@@ -16,7 +16,7 @@ from service.imaging import decode_exr
 from service.quality.synth import make_scene
 from service.worker.models import load_models
 from tests.factories import REPO, exposure_files, tiff_file
-from tests.imaging.builders import exif_blob, heic_bytes, patch_heif_extents
+from tests.imaging.builders import exif_blob, heic_bytes, patch_heif_extents, patch_heif_sps
 from tests.worker.harness import api_server, wait_for, worker_thread
 
 #: The bracket's exposure times, short to long: 0, 2 and 4 stops above the shortest.
@@ -119,3 +119,29 @@ def test_heic_bomb_is_413_from_its_header(client: httpx.Client) -> None:
     assert _error(response)["code"] == "image_too_large"
     assert name in _error(response)["message"]
     assert "1600000000 pixels" in _error(response)["message"]
+
+
+def test_heic_with_a_huge_sps_behind_a_small_ispe_is_413(client: httpx.Client) -> None:
+    """The ``ispe`` claims 64 x 64; the HEVC SPS codes 20000 x 20000, what libheif would
+    decode on the worker."""
+    uploads, _ = heic_bracket(10)
+    name, data = uploads[2]
+    uploads[2] = (name, patch_heif_sps(data, 20_000, 20_000))
+    response = client.post("/v1/jobs", files=exposure_files(uploads))
+    assert response.status_code == 413, response.text
+    assert _error(response)["code"] == "image_too_large"
+    assert _error(response)["message"].startswith(f"{name}: image is 64x48, ")
+    assert "coded image of 400000000 pixels" in _error(response)["message"]
+
+
+def test_heic_with_a_garbage_sps_is_415_naming_it(client: httpx.Client) -> None:
+    uploads, _ = heic_bracket(8)
+    name, data = uploads[0]
+    sps = data.index(b"\x42\x01", data.index(b"hvcC"))  # the SPS NAL unit's header
+    uploads[0] = (name, data[: sps + 2] + bytes(30) + data[sps + 32 :])
+    response = client.post("/v1/jobs", files=exposure_files(uploads))
+    assert response.status_code == 415, response.text
+    assert _error(response)["code"] == "unsupported_image"
+    assert _error(response)["message"] == (
+        f"{name}: corrupt HEIF: an exp-Golomb code in the SPS is longer than 32 bits"
+    )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import pillow_heif
@@ -154,6 +154,168 @@ def patch_heif_extents(data: bytes, width: int, height: int) -> bytes:
     while at > 0:
         struct.pack_into(">II", out, at + 8, width, height)  # after type, version, flags
         at = out.find(b"ispe", at + 4)
+    return bytes(out)
+
+
+def _ue(value: int) -> str:
+    """``value`` as an unsigned exp-Golomb code, in '0'/'1' characters."""
+    code = f"{value + 1:b}"
+    return "0" * (len(code) - 1) + code
+
+
+def _escaped(rbsp: bytes) -> bytes:
+    """An RBSP with emulation-prevention bytes: ``03`` after ``00 00`` before a byte <= 3."""
+    out = bytearray()
+    zeros = 0
+    for byte in rbsp:
+        if zeros >= 2 and byte <= 3:
+            out.append(3)
+            zeros = 0
+        out.append(byte)
+        zeros = zeros + 1 if byte == 0 else 0
+    return bytes(out)
+
+
+def _nal_bytes(header: bytes, bits: str) -> bytes:
+    """A NAL unit from its 2-byte header and RBSP bits: stop bit, byte alignment, escaping."""
+    bits += "1"
+    bits += "0" * (-len(bits) % 8)
+    return header + _escaped(int(bits, 2).to_bytes(len(bits) // 8, "big"))
+
+
+def hevc_sps(
+    width: int,
+    height: int,
+    chroma_format_idc: int = 1,
+    sub_layers: Iterable[tuple[bool, bool]] = (),
+    window: tuple[int, int, int, int] | None = None,
+) -> bytes:
+    """The start of an HEVC SPS NAL unit (H.265 7.3.2.2) up to its conformance window.
+
+    ``sub_layers`` gives (profile present, level present) for each sub-layer beyond the
+    first; the profile fields are all zeros, so the bytes need emulation prevention.
+    ``window`` is the (left, right, top, bottom) conformance window in chroma units.
+    """
+    present = list(sub_layers)
+    bits = "0000" + f"{len(present):03b}" + "1"  # VPS id 0, max_sub_layers_minus1, nesting
+    bits += "0" * 88 + f"{93:08b}"  # general profile, flags: zeros; level 3.1
+    bits += "".join(f"{int(p)}{int(lv)}" for p, lv in present)
+    if present:
+        bits += "00" * (8 - len(present))
+    for profile, level in present:
+        bits += "0" * 88 * profile + f"{93:08b}" * level
+    bits += _ue(0) + _ue(chroma_format_idc) + ("0" if chroma_format_idc == 3 else "")
+    bits += _ue(width) + _ue(height)
+    bits += "0" if window is None else "1" + "".join(_ue(v) for v in window)
+    return _nal_bytes(b"\x42\x01", bits)
+
+
+def _respelled_sps(nal: bytes, width: int, height: int) -> bytes:
+    """An SPS NAL unit of a single-layer stream with its picture size replaced, every
+    other field kept: unescaped, re-encoded bit by bit, escaped again."""
+    rbsp = bytearray()
+    zeros = 0
+    for byte in nal[2:]:
+        if zeros >= 2 and byte == 3:
+            zeros = 0
+            continue
+        rbsp.append(byte)
+        zeros = zeros + 1 if byte == 0 else 0
+    bits = "".join(f"{byte:08b}" for byte in rbsp).rstrip("0")[:-1]  # drop the stop bit
+    assert bits[4:7] == "000", "only single-layer SPSs are respelled"
+    pos = 8 + 96
+
+    def skip_ue() -> int:
+        nonlocal pos
+        zeros = bits.index("1", pos) - pos
+        start, pos = pos, pos + 2 * zeros + 1
+        return int(bits[start + zeros : pos], 2) - 1
+
+    skip_ue()  # sps_seq_parameter_set_id
+    if skip_ue() == 3:  # chroma_format_idc, then separate_colour_plane_flag
+        pos += 1
+    start = pos
+    skip_ue(), skip_ue()
+    return _nal_bytes(nal[:2], bits[:start] + _ue(width) + _ue(height) + bits[pos:])
+
+
+def _hvcc_with_sps_size(record: bytes, width: int, height: int) -> bytes:
+    """An ``hvcC`` payload with every SPS respelled to declare ``width x height``."""
+    out, pos = bytearray(record[:23]), 23
+    for _ in range(record[22]):
+        kind, count = record[pos], int.from_bytes(record[pos + 1 : pos + 3], "big")
+        out += record[pos : pos + 3]
+        pos += 3
+        for _ in range(count):
+            length = int.from_bytes(record[pos : pos + 2], "big")
+            nal = record[pos + 2 : pos + 2 + length]
+            if kind & 0x3F == 33:
+                nal = _respelled_sps(nal, width, height)
+            out += len(nal).to_bytes(2, "big") + nal
+            pos += 2 + length
+    return bytes(out)
+
+
+def _rebuilt_boxes(data: bytes, start: int, end: int, edit: Callable[[bytes], bytes]) -> bytes:
+    """The boxes of ``data[start:end]`` (32-bit sizes), each ``hvcC`` payload passed through
+    ``edit`` and the containers on the way (``meta``, ``iprp``, ``ipco``) re-sized."""
+    out = bytearray()
+    while start < end:
+        size, kind = struct.unpack_from(">I4s", data, start)
+        payload = data[start + 8 : start + size]
+        if kind == b"meta":
+            payload = payload[:4] + _rebuilt_boxes(data, start + 12, start + size, edit)
+        elif kind in (b"iprp", b"ipco"):
+            payload = _rebuilt_boxes(data, start + 8, start + size, edit)
+        elif kind == b"hvcC":
+            payload = edit(payload)
+        out += struct.pack(">I4s", 8 + len(payload), kind) + payload
+        start += size
+    return bytes(out)
+
+
+def _shift_iloc(data: bytearray, after: int, delta: int) -> None:
+    """Move every file-offset extent in ``iloc`` that lies past ``after`` by ``delta``."""
+    at = data.index(b"iloc") + 4
+    version = data[at]
+    offset_size, length_size = data[at + 4] >> 4, data[at + 4] & 15
+    base_size, index_size = data[at + 5] >> 4, data[at + 5] & 15
+    pos = at + 6
+    id_size = 2 if version < 2 else 4
+    count = int.from_bytes(data[pos : pos + id_size], "big")
+    pos += id_size
+    for _ in range(count):
+        pos += id_size
+        method = 0
+        if version in (1, 2):
+            method = int.from_bytes(data[pos : pos + 2], "big") & 15
+            pos += 2
+        pos += 2  # data_reference_index
+        base = int.from_bytes(data[pos : pos + base_size], "big")
+        base_at, pos = pos, pos + base_size
+        extents = int.from_bytes(data[pos : pos + 2], "big")
+        pos += 2
+        for _ in range(extents):
+            pos += index_size if version in (1, 2) else 0
+            offset = int.from_bytes(data[pos : pos + offset_size], "big")
+            if method == 0 and base == 0 and offset > after:
+                data[pos : pos + offset_size] = (offset + delta).to_bytes(offset_size, "big")
+            pos += offset_size + length_size
+        if method == 0 and base > after:
+            data[base_at : base_at + base_size] = (base + delta).to_bytes(base_size, "big")
+
+
+def patch_heif_sps(data: bytes, width: int, height: int) -> bytes:
+    """``data`` (a HEIF file from :func:`heic_bytes`) with every HEVC SPS (in the ``hvcC``
+    properties) declaring a ``width x height`` coded picture and every ``ispe`` unchanged;
+    the boxes around grow or shrink with it and ``iloc`` follows ``mdat``."""
+    at = data.index(b"meta") - 4
+    size = int.from_bytes(data[at : at + 4], "big")
+    meta = _rebuilt_boxes(
+        data, at, at + size, lambda hvcc: _hvcc_with_sps_size(hvcc, width, height)
+    )
+    out = bytearray(data[:at] + meta + data[at + size :])
+    _shift_iloc(out, at, len(meta) - size)
     return bytes(out)
 
 
