@@ -204,24 +204,29 @@ def end_to_end(redis_url: str, jobs: int, workers: int, concurrency: int) -> flo
     return jobs / elapsed
 
 
-def broker_only(redis_url: str, jobs: int) -> float:
-    """Jobs per second of submit + receive + start + complete alone (one process)."""
+def broker_only(redis_url: str, jobs: int, models: int = 1) -> float:
+    """Jobs per second of submit + receive + start + complete alone (one process).
+
+    ``models`` > 1: the jobs alternate between that many models' streams and the one
+    consumer serves them all (each receive looks at every stream: the cost of routing).
+    """
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     settings = Settings(redis_url=redis_url, key_prefix=prefix, max_queue_length=jobs + 10)
+    names = [settings.default_model] + [f"model{i}" for i in range(1, models)]
 
     params = JobParams(exposure_values=(-2.0, 0.0, 2.0), names=("a", "b", "c"))
 
     async def run(blob_dir: Path) -> float:
         client = connect(redis_url)
         broker = Broker(client, settings, FileStore(blob_dir, fsync=False))
-        await broker.ensure_group()
+        await broker.ensure_group(names)
         blobs = [b"x" * 1000] * 3
         try:
             started = time.perf_counter()
+            for i in range(jobs):
+                await broker.submit(params, blobs, model=names[i % len(names)])
             for _ in range(jobs):
-                await broker.submit(params, blobs)
-            for _ in range(jobs):
-                delivery = await broker.receive("bench", block_ms=0)
+                delivery = await broker.receive("bench", block_ms=0, models=names)
                 assert delivery is not None
                 await broker.start(delivery, "bench", "zero")
                 broker.store.put(result_name(delivery.job_id), b"result")
@@ -248,6 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"queue throughput, zero-cost model, {args.jobs} jobs of 3 x 64x48 16-bit TIFF")
     rate = broker_only(args.redis_url, 1000)
     print(f"  {'broker only (one process, no HTTP, no images):':47s} {rate:8.1f} jobs/s")
+    rate = broker_only(args.redis_url, 1000, models=2)
+    print(f"  {'  the same, jobs of 2 models, one consumer:':47s} {rate:8.1f} jobs/s")
     rate = end_to_end(args.redis_url, args.jobs, 0, args.concurrency)
     print(f"  {'API intake only (POSTs queued, no worker):':47s} {rate:8.1f} jobs/s")
     for workers in args.workers:
