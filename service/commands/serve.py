@@ -63,6 +63,8 @@ RESTART_BACKOFF_SECONDS: Final = (1.0, 2.0, 5.0, 10.0, 30.0)
 REDIS_START_SECONDS: Final = 120.0
 #: How long the embedded Redis may take to save and exit.
 REDIS_STOP_SECONDS: Final = 30.0
+#: Longest the API waits for its worker's first heartbeat before opening its port.
+WORKER_HEARTBEAT_WAIT_SECONDS: Final = 60.0
 #: Extra time, beyond the drain, that a stopping worker gets to exit before it is killed.
 STOP_GRACE_SECONDS: Final = 10.0
 
@@ -461,6 +463,35 @@ def worker_name(settings: Settings) -> str:
     return settings.worker_id[: MAX_WORKER_ID_LENGTH - len(suffix)] + suffix
 
 
+def wait_for_heartbeat(settings: Settings, timeout: float) -> bool:
+    """Wait until a live worker has announced itself (loading is enough), at most
+    ``timeout`` seconds; whether one did.
+
+    The API opens its port only then: a job naming no model while the worker is loading
+    is then a 503 to retry (its model is known once the worker is ready), never a job
+    queued for HDR_DEFAULT_MODEL before any worker could say it cannot open it (a fresh
+    install without weights would wait for AFUNet forever). Past the timeout (a worker
+    that keeps dying) the API opens anyway: it reports the workers in ``/readyz``.
+    """
+    import redis
+
+    from service.queue.keys import Keys
+
+    client = redis.Redis.from_url(str(settings.redis_url), socket_timeout=5)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            with contextlib.suppress(redis.RedisError):
+                if client.zcount(Keys(settings.key_prefix).workers, time.time(), "+inf"):
+                    return True
+            if time.monotonic() > deadline:
+                log.warning("no worker announced itself within %s s; starting the API", timeout)
+                return False
+            time.sleep(0.1)
+    finally:
+        client.close()
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from service.api.app import create_app
 
@@ -484,5 +515,6 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         supervisor = WorkerSupervisor(env, settings.drain_seconds)
         supervisor.start()
         stack.callback(supervisor.stop)
+        wait_for_heartbeat(settings, WORKER_HEARTBEAT_WAIT_SECONDS)
         serve_http(create_app(settings), settings.api_host, settings.api_port)
     return 0
