@@ -39,20 +39,26 @@ def test_the_infer_process_is_timed_with_the_inference_time_it_prints(tmp_path: 
     assert cpu > 0
 
 
+def worker_throughput(args: list[str], out: Path) -> dict:
+    """Run the worker benchmark; its JSON figures (its output in the failure otherwise)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.worker_throughput", *args],
+        cwd=REPO,
+        timeout=300,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return dict(json.loads(out.read_text()))
+
+
 @pytest.mark.slow
 def test_worker_throughput_quick_run_writes_every_figure(redis_url: str, tmp_path: Path) -> None:
     """The worker benchmark end to end at toy size (figures are checked for shape and
     sense, not speed: this machine is shared)."""
     out = tmp_path / "worker.json"
     args = ["--quick", "--prefetch", "0", "1", "--json", str(out), "--redis-url", redis_url]
-    subprocess.run(
-        [sys.executable, "-m", "benchmarks.worker_throughput", *args],
-        cwd=REPO,
-        check=True,
-        timeout=300,
-        capture_output=True,
-    )
-    figures = json.loads(out.read_text())
+    figures = worker_throughput(args, out)
     assert figures["engine_seconds"] == 0.05
     assert [run["prefetch"] for run in figures["runs"]] == [0, 1]
     for run in figures["runs"]:
@@ -75,14 +81,7 @@ def test_worker_throughput_runs_the_real_afunet_engine(tmp_path: Path) -> None:
         *("--jobs", "3", "--prefetch", "0", "1", "--small-jobs", "0"),
         *("--redis-url", "embedded", "--json", str(out)),
     ]
-    subprocess.run(
-        [sys.executable, "-m", "benchmarks.worker_throughput", *args],
-        cwd=REPO,
-        check=True,
-        timeout=300,
-        capture_output=True,
-    )
-    figures = json.loads(out.read_text())
+    figures = worker_throughput(args, out)
     assert figures["engine_seconds"] is None  # no stand-in: the engine's own time
     assert figures["model"]["name"] == "afunet" and figures["size"] == [64, 96]
     assert [run["prefetch"] for run in figures["runs"]] == [0, 1]
