@@ -116,21 +116,27 @@ class Catalog:
         """Whether ``name`` is a model of this deployment, served now or not."""
         return name in self._entries or name in self.repo_names or name in self.stream_models
 
-    def tile_overlap(self, model: str) -> int | None:
-        """The overlap the serving workers use for ``model``, when they reported it."""
+    def _reported(self, model: str, key: str) -> int | None:
+        """An integer the serving workers reported for ``model`` (its ``describe()``)."""
         entry = self._entries.get(model)
         if entry is None or entry.describe is None:
             return None
-        overlap = entry.describe.get("tile_overlap")
-        return int(overlap) if overlap is not None else None
+        value = entry.describe.get(key)
+        return int(value) if value is not None else None
+
+    def tile_overlap(self, model: str) -> int | None:
+        """The overlap the serving workers use for ``model``, when they reported it."""
+        return self._reported(model, "tile_overlap")
 
     def tile_size(self, model: str) -> int | None:
         """The default tile size the serving workers use for ``model``, when reported."""
+        return self._reported(model, "tile_size")
+
+    def _reasons(self, model: str) -> str:
+        """`` (why)``: what the workers report about why they cannot open ``model``, or
+        nothing when none did."""
         entry = self._entries.get(model)
-        if entry is None or entry.describe is None:
-            return None
-        size = entry.describe.get("tile_size")
-        return int(size) if size is not None else None
+        return f" ({'; '.join(sorted(entry.reasons))})" if entry and entry.reasons else ""
 
     def waiting_reason(self, model: str) -> str | None:
         """Why a queued job of ``model`` waits beyond the queue ahead of it; None while a
@@ -139,9 +145,10 @@ class Catalog:
             return None
         if self.heartbeats and self.loading:
             return "the workers are still loading their models"
-        entry = self._entries.get(model)
-        why = f" ({'; '.join(sorted(entry.reasons))})" if entry and entry.reasons else ""
-        return f"no live worker serves model {model!r}{why}; the job waits until one does"
+        return (
+            f"no live worker serves model {model!r}{self._reasons(model)};"
+            " the job waits until one does"
+        )
 
     def resolve(self, requested: str | None) -> Route:
         """Where a new job goes (see the module docstring).
@@ -172,11 +179,10 @@ class Catalog:
             )
         if self.loading or self.policy == "queue":
             return Route(name, self.waiting_reason(name))
-        entry = self._entries.get(name)
-        why = f" ({'; '.join(sorted(entry.reasons))})" if entry and entry.reasons else ""
         hint = "" if requested else " (HDR_DEFAULT_MODEL; name a served model in `model`)"
         raise NoWorkerForModel(
-            f"model {name!r}{hint} is not served by any live worker{why}; available: {available}"
+            f"model {name!r}{hint} is not served by any live worker{self._reasons(name)};"
+            f" available: {available}"
         )
 
     def models(self) -> list[ModelPublic]:
