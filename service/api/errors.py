@@ -38,7 +38,8 @@ NO_WORKER_RETRY_AFTER_SECONDS: Final = 30
 LOADING_RETRY_AFTER_SECONDS: Final = 5
 #: Longest message echoed from a validation error (inputs can be long).
 MAX_DETAIL_CHARS: Final = 300
-#: Methods a 405's Allow header may list, in the order it lists them.
+#: The methods the API knows: those a 405's Allow header may list, in the order it lists
+#: them, and those the request metrics count by name.
 HTTP_METHODS: Final = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 _HTTP_CODES: Final = {

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.deps import OWNER_STATE, authenticate
 from service.api.errors import (
+    HTTP_METHODS,
     BodyTimeout,
     RequestTooLarge,
     Unavailable,
@@ -128,7 +129,7 @@ class UploadLimit:
 #: Route label of requests that matched no route (keeps label values bounded).
 UNMATCHED = "unmatched"
 #: Methods counted by name; any other verb a client invents is counted as "other".
-KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+KNOWN_METHODS = frozenset(HTTP_METHODS)
 
 
 class _Tripwire:
