@@ -497,14 +497,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     settings = with_listen_address(settings, args)
     with contextlib.ExitStack() as stack:
+        defaults: dict[str, str] = {}
         if not settings.storage_url:
-            storage_url = default_storage_url(settings, stack)
-            settings = Settings.model_validate(
-                {**settings.model_dump(), "storage_url": storage_url}
-            )
+            defaults["storage_url"] = default_storage_url(settings, stack)
         if not settings.redis_url:
-            url = stack.enter_context(embedded_redis(settings))
-            settings = Settings.model_validate({**settings.model_dump(), "redis_url": url})
+            defaults["redis_url"] = stack.enter_context(embedded_redis(settings))
+        if defaults:
+            settings = Settings.model_validate({**settings.model_dump(), **defaults})
         assert settings.redis_url is not None and settings.storage_url is not None
         env = {
             **os.environ,
