@@ -219,23 +219,18 @@ class Broker:
         try:
             for name, source in zip(names, sources, strict=True):
                 await asyncio.to_thread(self.store.put, name, source)
-        except BaseException:
-            await self.drop_blobs(job_id)
-            raise
-        record = replace(draft, params=replace(params, inputs=names))
-        try:
-            # Two tries: the second only when an idempotency mapping outlived its job.
-            for _ in range(2):
+            record = replace(draft, params=replace(params, inputs=names))
+            outcome = await self._enqueue(record, idem_key)
+            if outcome is None:  # an idempotency mapping outlived its job: one more try
                 outcome = await self._enqueue(record, idem_key)
-                if outcome is not None:
-                    if outcome.id != job_id:
-                        await self.drop_blobs(job_id)
-                    return outcome, outcome.id == job_id
+            if outcome is None:
+                raise RuntimeError("idempotency mapping kept pointing at an expired job")
         except BaseException:
             await self.drop_blobs(job_id)
             raise
-        await self.drop_blobs(job_id)
-        raise RuntimeError("idempotency mapping kept pointing at an expired job")
+        if outcome.id != job_id:
+            await self.drop_blobs(job_id)
+        return outcome, outcome.id == job_id
 
     async def _charge(self, owner: str | None, megapixels: float) -> str | None:
         """Count the job's frame megapixels against ``owner``'s budget of this minute
