@@ -219,23 +219,18 @@ class Broker:
         try:
             for name, source in zip(names, sources, strict=True):
                 await asyncio.to_thread(self.store.put, name, source)
-        except BaseException:
-            await self.drop_blobs(job_id)
-            raise
-        record = replace(draft, params=replace(params, inputs=names))
-        try:
-            # Two tries: the second only when an idempotency mapping outlived its job.
-            for _ in range(2):
+            record = replace(draft, params=replace(params, inputs=names))
+            outcome = await self._enqueue(record, idem_key)
+            if outcome is None:  # an idempotency mapping outlived its job: one more try
                 outcome = await self._enqueue(record, idem_key)
-                if outcome is not None:
-                    if outcome.id != job_id:
-                        await self.drop_blobs(job_id)
-                    return outcome, outcome.id == job_id
+            if outcome is None:
+                raise RuntimeError("idempotency mapping kept pointing at an expired job")
         except BaseException:
             await self.drop_blobs(job_id)
             raise
-        await self.drop_blobs(job_id)
-        raise RuntimeError("idempotency mapping kept pointing at an expired job")
+        if outcome.id != job_id:
+            await self.drop_blobs(job_id)
+        return outcome, outcome.id == job_id
 
     async def _charge(self, owner: str | None, megapixels: float) -> str | None:
         """Count the job's frame megapixels against ``owner``'s budget of this minute
@@ -417,7 +412,7 @@ class Broker:
         )
         if not reply:
             raise JobNotFound(f"job {job_id} not found")
-        record = _record_from_flat(reply)
+        record = JobRecord.from_flat(reply)
         if record.status is JobState.CANCELLED:
             await self.drop_blobs(job_id)
         log.info("cancel of job %s: now %s", job_id, record.status.value)
@@ -634,7 +629,7 @@ class Broker:
         if not reply:
             log.info("not starting job %s: final or expired", delivery.job_id)
             return None
-        return _record_from_flat(reply)
+        return JobRecord.from_flat(reply)
 
     async def touch(self, delivery: Delivery) -> bool:
         """Reset the entry's idle time so that a live, slow job is not re-delivered.
@@ -807,7 +802,7 @@ class Broker:
                 self._ttl,
             ],
         )
-        record = _record_from_flat(reply) if reply else None
+        record = JobRecord.from_flat(reply) if reply else None
         if record is None or record.status is JobState.CANCELLED:
             await self.drop_blobs(delivery.job_id)
         return record
@@ -953,8 +948,3 @@ def _same_request(existing: JobRecord, digest: str | None, key: str | None) -> J
 def _text(value: Any) -> str:
     """A reply element as text (the client returns bytes; tests may pass str)."""
     return value.decode() if isinstance(value, bytes) else str(value)
-
-
-def _record_from_flat(reply: Sequence[bytes]) -> JobRecord:
-    """A JobRecord from the flat field/value list a script's HGETALL returns."""
-    return JobRecord.from_redis(dict(zip(reply[::2], reply[1::2], strict=True)))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from typing import Any, Final
@@ -230,6 +230,11 @@ class JobRecord:
             else:
                 kwargs[f.name] = raw
         return cls(**kwargs)
+
+    @classmethod
+    def from_flat(cls, reply: Sequence[Any]) -> JobRecord:
+        """Decode the flat field/value list a Lua script's HGETALL returns."""
+        return cls.from_redis(dict(zip(reply[::2], reply[1::2], strict=True)))
 
 
 def _text(value: bytes | str) -> str:

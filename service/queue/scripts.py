@@ -9,8 +9,8 @@ an expired key would recreate it without a TTL.
 
 Every state change ends with ``refresh``: a record lives a full ``job_ttl_seconds`` after
 its *last* change (not after its submission, which would expire a job that waited long in
-the queue while it runs), and the keys it names or that refer to it (uploads, result,
-cancel flag, idempotency mapping) never outlive it.
+the queue while it runs), and the keys that refer to it (cancel flag, idempotency
+mapping) never outlive it; its blobs are the sweeper's (:mod:`service.storage.lifecycle`).
 
 Every transition to a final state also calls ``notify``: a job with a ``webhook_url`` gets
 its notification queued in the ``webhooks`` due-set (always the script's last key) in the
@@ -57,12 +57,9 @@ local function ended(job, queued, stream, group, entry, job_id)
   return 'expired'
 end
 
--- Restart a job's TTL at a state change: each key of ``...`` (the job's uploads, its
--- result, its cancel flag: whatever the change keeps alive) first, then the record, so
--- that the record outlives everything that refers to it. EXPIRE on a missing key is a
--- no-op, so a deleted upload is not brought back.
-local function refresh(ttl, job, ...)
-  for _, key in ipairs({...}) do redis.call('EXPIRE', key, ttl) end
+-- Restart a job's TTL at a state change. Its other keys (cancel flag, idempotency
+-- mapping) are written with a TTL no longer than this, before it, so none outlives it.
+local function refresh(ttl, job)
   redis.call('EXPIRE', job, ttl)
 end
 

@@ -129,8 +129,7 @@ class WebhookQueue:
             if miss is ClaimMiss.EXPIRED:
                 log.warning("webhook of job %s dropped: the job expired first", job_id)
             return miss
-        flat = reply[1]
-        return WebhookClaim(JobRecord.from_redis(dict(zip(flat[::2], flat[1::2], strict=True))))
+        return WebhookClaim(JobRecord.from_flat(reply[1]))
 
     async def settle(
         self,

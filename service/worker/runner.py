@@ -585,10 +585,7 @@ class Worker:
             else:
                 raise
             log.warning("job %s: %s", job_id, reason)
-            state = await self._settle(
-                partial(self.broker.fail, delivery, reason, retry=True), delivery
-            )
-            return Outcome.RETRIED if state is JobState.QUEUED else Outcome.FAILED
+            return await self._fail_attempt(delivery, reason)
         except Exception as exc:
             if isinstance(exc, ServiceError) and not exc.retryable:  # bad input: for good
                 fail = partial(self.broker.fail, delivery, exc.message, retry=False)
@@ -604,10 +601,14 @@ class Worker:
                 )
                 return Outcome.ENGINE_FAULT
             log.exception("job %s failed", job_id)
-            state = await self._settle(
-                partial(self.broker.fail, delivery, reason, retry=True), delivery
-            )
-            return Outcome.RETRIED if state is JobState.QUEUED else Outcome.FAILED
+            return await self._fail_attempt(delivery, reason)
+
+    async def _fail_attempt(self, delivery: Delivery, reason: str) -> Outcome:
+        """Fail this attempt, to be retried while attempts remain (else the job fails)."""
+        state = await self._settle(
+            partial(self.broker.fail, delivery, reason, retry=True), delivery
+        )
+        return Outcome.RETRIED if state is JobState.QUEUED else Outcome.FAILED
 
     async def _run(
         self, job: ActiveJob, record: JobRecord, name: str, model: ServedModel
