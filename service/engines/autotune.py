@@ -35,12 +35,18 @@ class TileChoice:
     memory_bytes: int
 
 
-def candidate_plans(floor: int, largest: int | None = None) -> list[tuple[int, int]]:
-    """(tile, batch) pairs: the configured tile and larger standard ones, all batches."""
-    tiles = sorted({floor, *(t for t in LARGER_TILES if t > floor)})
+def candidate_plans(
+    floor: int, largest: int | None = None, tune_tile: bool = True, batch: int | None = None
+) -> list[tuple[int, int]]:
+    """(tile, batch) pairs: the configured tile and larger standard ones, all batches.
+
+    ``tune_tile=False`` keeps the tile at ``floor``; ``batch`` fixes the batch (a setting
+    pinned by its variable is used as given, only the rest is measured).
+    """
+    tiles = sorted({floor, *(t for t in LARGER_TILES if t > floor)}) if tune_tile else [floor]
     if largest is not None:
         tiles = [t for t in tiles if t <= max(largest, floor)]
-    return [(t, b) for t in tiles for b in BATCHES]
+    return [(t, b) for t in tiles for b in (BATCHES if batch is None else (batch,))]
 
 
 def _free_host_bytes() -> int:

@@ -372,15 +372,14 @@ def load_model(
     tune_tile, tune_batch = not serving.pinned("tile_size"), not serving.pinned("tile_batch")
     wanted = serving.autotune == "always" or (serving.autotune == "gpu" and on_gpu)
     if wanted and (tune_tile or tune_batch):
-        from service.engines.autotune import BATCHES, autotune, candidate_plans
+        from service.engines.autotune import autotune, candidate_plans
 
         # A size or batch set by its variable is used as given; only the rest is measured.
-        tiles = sorted({t for t, _ in candidate_plans(served.tile_size)})
-        candidates = [
-            (tile, batch)
-            for tile in (tiles if tune_tile else [served.tile_size])
-            for batch in (BATCHES if tune_batch else (served.tile_batch,))
-        ]
+        candidates = candidate_plans(
+            served.tile_size,
+            tune_tile=tune_tile,
+            batch=None if tune_batch else served.tile_batch,
+        )
         choice = autotune(engine, candidates)
         served.tile_size, served.tile_batch = choice.tile, choice.batch
         for setting, tuned in (("tile_size", tune_tile), ("tile_batch", tune_batch)):

@@ -114,12 +114,13 @@ def tune_cpu_threads(cgroup_root: Path = CGROUP_ROOT) -> int:
     process on a shared or quota-limited machine) needs: under load, a 100x72 ``infer``
     took 2.9x the CPU time with spinning threads (see README, Start-up).
     """
-    os.environ.setdefault("OMP_NUM_THREADS", str(usable_cpus(cgroup_root)))
+    cpus = usable_cpus(cgroup_root)
+    os.environ.setdefault("OMP_NUM_THREADS", str(cpus))
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         threads = int(os.environ["OMP_NUM_THREADS"])
     except ValueError:
-        threads = usable_cpus(cgroup_root)
+        threads = cpus
     log.debug("OpenMP threads: %d, wait policy %s", threads, os.environ["OMP_WAIT_POLICY"])
     return threads
 

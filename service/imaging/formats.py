@@ -64,6 +64,19 @@ def label(name: str | None) -> str:
     return f"{name}: " if name else ""
 
 
+def check_decoded(pixels: np.ndarray, info: ImageInfo, name: str | None) -> None:
+    """:class:`UnsupportedImage` unless a decoder's output is what the header declared:
+    ``H x W x 3`` in uint8 for 8-bit files, uint16 for deeper ones (the decoder, not the
+    header, is what a corrupt file fools)."""
+    expected = np.uint8 if info.bit_depth == 8 else np.uint16
+    if pixels.shape != (info.height, info.width, 3) or pixels.dtype != expected:
+        raise UnsupportedImage(
+            f"{label(name)}corrupt {info.format.name}: decoded {pixels.shape} {pixels.dtype}"
+            f" pixels where the header declares {info.height}x{info.width}x3"
+            f" {info.bit_depth}-bit"
+        )
+
+
 def sniff_format(data: bytes, name: str | None = None) -> ImageFormat:
     """The format whose magic number opens ``data``; :class:`UnsupportedImage` if none."""
     for magic, fmt in _MAGIC:

@@ -48,7 +48,7 @@ import pillow_heif
 
 from service.errors import IncompleteImage, UnsupportedImage
 from service.imaging.exif import parse_exif
-from service.imaging.formats import ImageFormat, ImageInfo, iso_brands, label
+from service.imaging.formats import ImageFormat, ImageInfo, check_decoded, iso_brands, label
 
 #: Brands that promise still images (items), HEVC- or AV1-coded.
 _STILL_BRANDS = frozenset({b"mif1", b"heic", b"heix", b"heim", b"heis", b"avif"})
@@ -641,12 +641,7 @@ def widen(pixels: np.ndarray, bits: int) -> np.ndarray:
 def read_pixels(data: bytes, info: ImageInfo, name: str | None) -> np.ndarray:
     """The H x W x 3 samples: uint8 for 8-bit files, uint16 (widened) for 10/12-bit ones."""
     pixels = np.asarray(_primary(data, name))
-    expected = np.uint8 if info.bit_depth == 8 else np.uint16
-    if pixels.shape != (info.height, info.width, 3) or pixels.dtype != expected:
-        raise UnsupportedImage(
-            f"{label(name)}corrupt HEIF: decoded {pixels.shape} {pixels.dtype} pixels "
-            f"where the header declares {info.height}x{info.width}x3 {info.bit_depth}-bit"
-        )
+    check_decoded(pixels, info, name)
     if info.bit_depth > 8:
         pixels = widen(pixels, info.bit_depth)
     return np.ascontiguousarray(pixels)

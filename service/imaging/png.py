@@ -18,7 +18,7 @@ import numpy as np
 
 from service.errors import IncompleteImage, UnsupportedImage
 from service.imaging.exif import parse_exif
-from service.imaging.formats import ImageFormat, ImageInfo, label
+from service.imaging.formats import ImageFormat, ImageInfo, check_decoded, label
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 #: Most chunks a PNG may hold. Encoders write IDAT in pieces of 8 KiB (libpng) to 64 KiB,
@@ -155,12 +155,7 @@ def read_pixels(data: bytes, info: ImageInfo, name: str | None) -> np.ndarray:
         # libpng turns an RGB image's tRNS colour key into an alpha channel; the colour
         # samples are untouched, and a colour key is not an alpha channel worth refusing.
         pixels = pixels[:, :, :3]
-    expected = np.uint16 if info.bit_depth == 16 else np.uint8
-    if pixels.shape != (info.height, info.width, 3) or pixels.dtype != expected:
-        raise UnsupportedImage(
-            f"{label(name)}corrupt PNG: decoded {pixels.shape} {pixels.dtype} pixels "
-            f"where the header declares {info.height}x{info.width}x3 {info.bit_depth}-bit"
-        )
+    check_decoded(pixels, info, name)
     return np.ascontiguousarray(pixels)
 
 

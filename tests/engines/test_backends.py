@@ -316,6 +316,14 @@ def test_autotune_picks_a_measured_plan_within_budget(model) -> None:
     ]
 
 
+def test_candidate_plans_keep_a_pinned_tile_or_batch() -> None:
+    from service.engines.autotune import candidate_plans
+
+    assert candidate_plans(512, tune_tile=False) == [(512, b) for b in (1, 2, 4, 8)]
+    assert candidate_plans(512, batch=3) == [(t, 3) for t in (512, 768, 1024)]
+    assert candidate_plans(512, tune_tile=False, batch=3) == [(512, 3)]
+
+
 def test_repository_autotune_setting_is_reported_and_validated(repo) -> None:
     config = repo / "afunet" / "config.yaml"
     config.write_text(config.read_text().replace("batch: 2}", "batch: 2, autotune: off}"))

@@ -7,7 +7,8 @@ import pytest
 
 from imaging.builders import pillow_bytes, png_bytes, tiff_bytes
 from service.errors import UnsupportedImage
-from service.imaging import ImageFormat, decode, sniff_format
+from service.imaging import ImageFormat, ImageInfo, decode, sniff_format
+from service.imaging.formats import check_decoded
 
 
 def test_formats_are_sniffed_from_magic_numbers(rgb8: np.ndarray) -> None:
@@ -43,3 +44,25 @@ def test_unknown_bytes_are_unsupported_images_naming_the_file(data: bytes, words
         decode(data, name="upload.bin")
     assert caught.value.message.startswith("upload.bin: ")
     assert caught.value.http_status == 415
+
+
+@pytest.mark.parametrize(
+    ("fmt", "bits", "decoded"),
+    [
+        (ImageFormat.PNG, 16, np.zeros((2, 4, 3), np.uint8)),
+        (ImageFormat.PNG, 8, np.zeros((2, 4, 3), np.uint16)),
+        (ImageFormat.HEIF, 10, np.zeros((4, 2, 3), np.uint16)),
+    ],
+)
+def test_decoded_pixels_unlike_the_header_are_a_corrupt_file(
+    fmt: ImageFormat, bits: int, decoded: np.ndarray
+) -> None:
+    info = ImageInfo(format=fmt, width=4, height=2, channels=3, bit_depth=bits)
+    expected = np.uint8 if bits == 8 else np.uint16
+    check_decoded(np.zeros((2, 4, 3), expected), info, "a.img")  # as declared: passes
+    with pytest.raises(UnsupportedImage) as caught:
+        check_decoded(decoded, info, "a.img")
+    assert caught.value.message == (
+        f"a.img: corrupt {fmt.name}: decoded {decoded.shape} {decoded.dtype} pixels"
+        f" where the header declares 2x4x3 {bits}-bit"
+    )
