@@ -18,7 +18,7 @@ Two figures:
 
 Usage (needs redis-server on PATH)::
 
-    python benchmarks/blob_store.py --jobs 200 --uploads 8
+    python -m benchmarks.blob_store --jobs 200 --uploads 8
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ from benchmarks.processes import Processes, free_port, wait_for_workers
 from service.queue.keys import GROUP, Keys
 
 KEYS = Keys("hdr")
+#: The one model the workers serve: every job runs on its stream.
+MODEL = "classical"
 HEIGHT, WIDTH = 1000, 1500
 EVS = (-2.0, 0.0, 2.0)
 
@@ -99,15 +101,15 @@ def service(workdir: Path, workers: int) -> Iterator[tuple[httpx.Client, redis.R
         "redis",
         dict(os.environ),
     )
-    repo = workdir / "model_repo" / "classical"
+    repo = workdir / "model_repo" / MODEL
     repo.mkdir(parents=True)
-    shutil.copy(REPO / "model_repo" / "classical" / "config.yaml", repo / "config.yaml")
+    shutil.copy(REPO / "model_repo" / MODEL / "config.yaml", repo / "config.yaml")
     env = {k: v for k, v in os.environ.items() if not k.startswith("HDR_")}
     env |= {
         "HDR_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
         "HDR_STORAGE_URL": f"file://{workdir / 'blobs'}",
         "HDR_MODEL_REPO": str(repo.parent),
-        "HDR_DEFAULT_MODEL": "classical",
+        "HDR_DEFAULT_MODEL": MODEL,
         "HDR_DEVICE": "cpu",
         "HDR_MAX_QUEUE_LENGTH": "100000",
         "HDR_JOB_TTL_SECONDS": "3600",
@@ -183,6 +185,7 @@ def redis_per_job(
     best = (0, base)  # (jobs in flight, used_memory) at the most in flight
     peak_memory = base
     stop = threading.Event()
+    stream = KEYS.stream(MODEL)
 
     def sample() -> None:
         nonlocal best, peak_memory
@@ -190,8 +193,8 @@ def redis_per_job(
             memory = int(db.info("memory")["used_memory"])
             queued = int(db.zcard(KEYS.queued))
             running = 0
-            if db.exists(KEYS.stream):
-                running = int(db.xpending(KEYS.stream, GROUP)["pending"])
+            if db.exists(stream):
+                running = int(db.xpending(stream, GROUP)["pending"])
             peak_memory = max(peak_memory, memory)
             if queued + running > best[0]:
                 best = (queued + running, memory)
