@@ -18,7 +18,7 @@ Two figures:
 
 Usage (needs redis-server on PATH)::
 
-    python benchmarks/blob_store.py --jobs 200 --uploads 8
+    python -m benchmarks.blob_store --jobs 200 --uploads 8
 """
 
 from __future__ import annotations
@@ -42,10 +42,12 @@ import redis
 import tifffile
 
 from benchmarks.child import REPO
-from benchmarks.processes import Processes, free_port, wait_for_workers
+from benchmarks.processes import free_port, processes, wait_for_workers
 from service.queue.keys import GROUP, Keys
 
 KEYS = Keys("hdr")
+#: The one model the workers serve: every job runs on its stream.
+MODEL = "classical"
 HEIGHT, WIDTH = 1000, 1500
 EVS = (-2.0, 0.0, 2.0)
 
@@ -78,58 +80,56 @@ def service(workdir: Path, workers: int) -> Iterator[tuple[httpx.Client, redis.R
     if binary is None:
         raise SystemExit("redis-server is not on PATH")
     redis_port, api_port = free_port(), free_port()
-    children = Processes(workdir)
-    spawn = children.spawn
-    spawn(
-        [
-            binary,
-            "--port",
-            str(redis_port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--maxmemory",
-            "64mb",
-            "--maxmemory-policy",
-            "noeviction",
-        ],
-        "redis",
-        dict(os.environ),
-    )
-    repo = workdir / "model_repo" / "classical"
-    repo.mkdir(parents=True)
-    shutil.copy(REPO / "model_repo" / "classical" / "config.yaml", repo / "config.yaml")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HDR_")}
-    env |= {
-        "HDR_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-        "HDR_STORAGE_URL": f"file://{workdir / 'blobs'}",
-        "HDR_MODEL_REPO": str(repo.parent),
-        "HDR_DEFAULT_MODEL": "classical",
-        "HDR_DEVICE": "cpu",
-        "HDR_MAX_QUEUE_LENGTH": "100000",
-        "HDR_JOB_TTL_SECONDS": "3600",
-        "HDR_WORKER_METRICS_PORT": "0",
-        "PYTHONUNBUFFERED": "1",
-    }
-    api = spawn([sys.executable, "-m", "service", "api", "--port", str(api_port)], "api", env)
-    for i in range(workers):
-        spawn(
-            [sys.executable, "-m", "service", "worker"],
-            f"worker{i}",
-            {**env, "HDR_WORKER_ID": f"w{i}"},
+    with processes(workdir) as children:
+        children.spawn(
+            [
+                binary,
+                "--port",
+                str(redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--maxmemory",
+                "64mb",
+                "--maxmemory-policy",
+                "noeviction",
+            ],
+            "redis",
+            dict(os.environ),
         )
-    client = httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=600)
-    db = redis.Redis(port=redis_port)
-    try:
-        wait_for_workers(client, workers, 180, workdir)
-        yield client, db, api.pid
-    finally:
-        client.close()
-        db.close()
-        children.stop()
+        repo = workdir / "model_repo" / MODEL
+        repo.mkdir(parents=True)
+        shutil.copy(REPO / "model_repo" / MODEL / "config.yaml", repo / "config.yaml")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HDR_")}
+        env |= {
+            "HDR_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+            "HDR_STORAGE_URL": f"file://{workdir / 'blobs'}",
+            "HDR_MODEL_REPO": str(repo.parent),
+            "HDR_DEFAULT_MODEL": MODEL,
+            "HDR_DEVICE": "cpu",
+            "HDR_MAX_QUEUE_LENGTH": "100000",
+            "HDR_JOB_TTL_SECONDS": "3600",
+            "HDR_WORKER_METRICS_PORT": "0",
+            "PYTHONUNBUFFERED": "1",
+        }
+        api = children.spawn(
+            [sys.executable, "-m", "service", "api", "--port", str(api_port)], "api", env
+        )
+        for i in range(workers):
+            children.spawn(
+                [sys.executable, "-m", "service", "worker"],
+                f"worker{i}",
+                {**env, "HDR_WORKER_ID": f"w{i}"},
+            )
+        with (
+            httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=600) as client,
+            redis.Redis(port=redis_port) as db,
+        ):
+            wait_for_workers(client, workers, 180, workdir)
+            yield client, db, api.pid
 
 
 def post(client: httpx.Client, files: list[bytes]) -> str:
@@ -183,6 +183,7 @@ def redis_per_job(
     best = (0, base)  # (jobs in flight, used_memory) at the most in flight
     peak_memory = base
     stop = threading.Event()
+    stream = KEYS.stream(MODEL)
 
     def sample() -> None:
         nonlocal best, peak_memory
@@ -190,8 +191,8 @@ def redis_per_job(
             memory = int(db.info("memory")["used_memory"])
             queued = int(db.zcard(KEYS.queued))
             running = 0
-            if db.exists(KEYS.stream):
-                running = int(db.xpending(KEYS.stream, GROUP)["pending"])
+            if db.exists(stream):
+                running = int(db.xpending(stream, GROUP)["pending"])
             peak_memory = max(peak_memory, memory)
             if queued + running > best[0]:
                 best = (queued + running, memory)

@@ -55,13 +55,12 @@ import httpx
 import numpy as np
 
 from benchmarks.processes import Processes, free_port
-from benchmarks.queue_throughput import bracket, purge, submit, wait_done
+from benchmarks.queue_throughput import DEFAULT_REDIS, bracket, purge, submit, wait_done
 from service.config import Settings
 from service.engines.base import TileBatch
 from service.engines.registry import BACKENDS, ServingConfig
 from service.model_repo import ModelSpec
 
-DEFAULT_REDIS = "redis://127.0.0.1:6379/15"
 MODELS = ("standin", "afunet", "classical")
 #: The stand-in engine's seconds per call, passed to the worker process.
 ENGINE_SECONDS_ENV = "BENCH_ENGINE_SECONDS"
@@ -422,6 +421,6 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["_worker"]:
         from service.cli import main as cli_main
 
-        BACKENDS[("bench-standin", "standin")] = _factory  # type: ignore[assignment]
+        BACKENDS[("bench-standin", "standin")] = _factory
         sys.exit(cli_main(["worker"]))
     sys.exit(main())

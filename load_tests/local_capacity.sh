@@ -9,8 +9,10 @@
 #
 # Environment: HDR_REDIS_URL (default redis://127.0.0.1:6379/0; keys go under a prefix of
 # their own, removed at the end), HDR_DEFAULT_MODEL (default afunet: the repository's
-# weights, else the classical model), USERS (default 2 per worker), PORT (default 18080),
-# and any other HDR_* setting (HDR_DEVICE, HDR_TILE_SIZE, ...), passed to every process.
+# weights, else the classical model), HDR_STORAGE_URL (default: a temporary folder, removed
+# at the end; every process must share the blob store), USERS (default 2 per worker), PORT
+# (default 18080), and any other HDR_* setting (HDR_DEVICE, HDR_TILE_SIZE, ...), passed to
+# every process.
 set -euo pipefail
 
 workers=${1:?usage: local_capacity.sh WORKERS MODEL_REPO SIZE [RUN_TIME] [OUT_DIR]}
@@ -30,6 +32,11 @@ export HDR_DEFAULT_MODEL=${HDR_DEFAULT_MODEL:-afunet}
 export HDR_WORKER_METRICS_PORT=0
 export PYTHONUNBUFFERED=1
 mkdir -p "$out"
+blobs=""
+if [ -z "${HDR_STORAGE_URL:-}" ]; then
+    blobs=$(mktemp -d "${TMPDIR:-/tmp}/hdr-load-blobs-XXXXXX")
+    export HDR_STORAGE_URL="file://$blobs"
+fi
 
 pids=()
 # shellcheck disable=SC2317  # invoked by the EXIT trap
@@ -44,6 +51,7 @@ keys = list(client.scan_iter(match=Keys(os.environ["HDR_KEY_PREFIX"]).all_keys_p
 if keys:
     client.delete(*keys)
 PY
+    [ -z "$blobs" ] || rm -rf "$blobs"
 }
 trap cleanup EXIT
 

@@ -4,7 +4,6 @@ interpolation, kustomize (through kubectl's built-in kustomize), env files."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import shutil
@@ -239,9 +238,13 @@ def redis_directives(source: Path | str) -> dict[str, str]:
 
 
 def expiry_days(ttl_seconds: int) -> int:
-    """Days after which the lifecycle rule expires a job's objects: 2 x TTL, rounded up
-    (S3 lifecycle rules count in whole days)."""
-    return math.ceil(2 * ttl_seconds / 86400)
+    """Days after which the lifecycle rule expires a job's objects: those of the service's
+    own rule (:func:`service.storage.s3.lifecycle_rules`, 2 x TTL rounded up to whole
+    days), which the deployment's rules must match."""
+    from service.storage.s3 import lifecycle_rules as service_rules
+
+    days: int = service_rules(ttl_seconds)[0]["Expiration"]["Days"]
+    return days
 
 
 def lifecycle_rules(text: str, bucket: str) -> list[dict[str, Any]]:
