@@ -48,7 +48,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any, BinaryIO, Final
@@ -446,10 +446,20 @@ class Broker:
         await self.redis.sadd(self.keys.models, *names)
 
     async def receive(
-        self, consumer: str, block_ms: int = 1000, models: Sequence[str] | None = None
+        self,
+        consumer: str,
+        block_ms: int = 1000,
+        models: Sequence[str] | None = None,
+        held: Collection[str] = (),
     ) -> Delivery | None:
         """Hand ``consumer`` the next job of one of ``models`` (default:
         ``settings.default_model``), or None when there is none.
+
+        ``held`` names the entries ``consumer`` is running now. When Redis stalls for
+        longer than the visibility timeout, their claims lapse, and the take-over below
+        can hand one back to the very worker that runs it: such an entry's claim is only
+        renewed (XAUTOCLAIM resets its idle time), no delivery is counted, and the worker
+        goes on with its one attempt.
 
         First takes over one entry pending longer than the visibility timeout (a dead or
         stalled worker's job, or a job whose retry delay is over), then reads a new one,
@@ -466,7 +476,7 @@ class Broker:
         block = min(max(0, block_ms), MAX_BLOCK_MS) or None
         for _ in range(2):  # second pass only after re-creating a missing group
             try:
-                return await self._receive(consumer, names, block)
+                return await self._receive(consumer, names, block, frozenset(held))
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
@@ -478,11 +488,14 @@ class Broker:
         return [self.settings.default_model] if models is None else list(dict.fromkeys(models))
 
     async def _receive(
-        self, consumer: str, models: list[str], block: int | None
+        self, consumer: str, models: list[str], block: int | None, held: frozenset[str]
     ) -> Delivery | None:
         while True:
             redelivered = True
             entry = await self._reclaim(consumer, models)
+            if entry is not None and entry.entry_id in held:
+                log.info("job %s: claim of %s renewed after a stall", entry.job_id, consumer)
+                continue
             if entry is None:
                 redelivered = False
                 entry = await self._read_new(consumer, models, block)

@@ -458,12 +458,20 @@ class Worker:
         other, so that it never receives a job it cannot run."""
         return sorted(self._models.served) if self._models else []
 
+    def _held_entries(self) -> set[str]:
+        """Entries of the jobs this worker keeps claimed: after a Redis stall longer
+        than the visibility timeout, its own take-over must not start them again."""
+        return {job.delivery.entry_id for job in self._jobs.values() if job.claimed}
+
     async def _receive(self) -> Delivery | None:
         attempt = 0
         while not self._stopping.is_set():
             try:
                 delivery = await self.broker.receive(
-                    self.worker_id, block_ms=RECEIVE_BLOCK_MS, models=self._served_models()
+                    self.worker_id,
+                    block_ms=RECEIVE_BLOCK_MS,
+                    models=self._served_models(),
+                    held=self._held_entries(),
                 )
             except (RedisError, OSError) as exc:
                 await self._redis_retry(attempt, exc)

@@ -373,6 +373,32 @@ async def test_touch_reports_a_job_taken_over_by_another_worker(broker: Broker) 
     assert not await broker.touch(stalled)
 
 
+async def test_a_stalled_claim_of_a_job_in_hand_is_renewed_not_redelivered(
+    broker: Broker,
+) -> None:
+    """After a Redis stall past the visibility timeout, the worker's own take-over finds
+    the job it is running: held, it is only claimed again, with no second attempt."""
+    job = await submit(broker)
+    running = await run_to_started(broker, "w1")
+    await anyio.sleep(PAST_VISIBILITY)
+
+    assert await broker.receive("w1", block_ms=0, held={running.entry_id}) is None
+    assert await broker.receive("w2", block_ms=0) is None  # the claim was renewed
+    assert await broker.touch(running)
+    record = await broker.get(job.id)
+    assert record is not None and (record.attempts, record.worker) == (1, "w1")
+
+
+async def test_a_job_the_worker_no_longer_holds_comes_back_to_it(broker: Broker) -> None:
+    """A job its worker dropped (not held) is re-delivered, to that worker too."""
+    job = await submit(broker)
+    await run_to_started(broker, "w1")
+    await anyio.sleep(PAST_VISIBILITY)
+
+    again = await receive(broker, "w1")
+    assert (again.job_id, again.attempts, again.redelivered) == (job.id, 2, True)
+
+
 async def test_deliveries_beyond_max_attempts_go_to_dead_letter_and_fail(broker: Broker) -> None:
     twice = variant(broker, max_attempts=2)
     job = await submit(twice)
