@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.child import ChildFailed, run_in_child
+from service.commands.argtypes import frame_sizes
 from service.engines.tiling import TilePlan
 from service.quality.metrics import psnr_mu
 
@@ -224,16 +225,14 @@ def _spawn(
     return Result(case, True, **values)
 
 
-def _parse_size(text: str) -> tuple[int, int]:
-    w, _, h = text.lower().partition("x")
-    return int(h), int(w)
-
-
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     parser = parser or argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", type=Path, required=True, help="AFUNet weights")
     parser.add_argument(
-        "--sizes", default="512x512", help="comma-separated WxH frame sizes (default 512x512)"
+        "--sizes",
+        type=frame_sizes,
+        default="512x512",
+        help="comma-separated WxH frame sizes (default 512x512)",
     )
     parser.add_argument(
         "--backends",
@@ -294,8 +293,8 @@ def run(args: argparse.Namespace) -> list[Result]:
         folder.mkdir(parents=True, exist_ok=True)
         cache = folder / "engines"
         results: list[Result] = []
-        for size in args.sizes.split(","):
-            height, width = _parse_size(size)
+        for width, height in args.sizes:
+            size = f"{width}x{height}"
             scene = _scene_file(height, width, args.seed, folder)
             reference_case = Case("torch", "fp32", height, width, None, 0, 1, 1, 0, args.device)
             reference = _spawn(

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from service.commands.argtypes import frame_size
 from service.imaging.exr import (
     LOSSLESS_COMPRESSIONS,
     ExrCompression,
@@ -134,7 +135,9 @@ def table(cases: list[Case], threads: list[int]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", default="1500x1000", help="WIDTHxHEIGHT (default 1500x1000)")
+    parser.add_argument(
+        "--size", type=frame_size, default="1500x1000", help="WIDTHxHEIGHT (default 1500x1000)"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="interleaved runs per case")
     parser.add_argument(
         "--threads",
@@ -151,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, help="write every case as JSON")
     args = parser.parse_args(argv)
-    width, height = (int(v) for v in args.size.lower().split("x"))
+    width, height = args.size
     compressions = [
         c for c in ExrCompression if not args.compression or c.value in args.compression
     ]

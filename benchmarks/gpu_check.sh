@@ -91,7 +91,7 @@ timeout 90 bash -c "$(declare -f bench); py=$py ckpt=$ckpt out=$out log=$log \
 step "worker throughput: one worker, AFUNet bf16 + CUDA graphs, 1000x1500 jobs, prefetch 0 and 1"
 timeout 180 "$py" -m benchmarks.worker_throughput --model afunet --checkpoint "$ckpt" \
   --device cuda --backend torch:graphs --precision bf16 --tile-size 512 --tile-batch 4 \
-  --size 1000x1500 --jobs 8 --prefetch 0 1 --small-jobs 0 --redis-url embedded \
+  --size 1500x1000 --jobs 8 --prefetch 0 1 --small-jobs 0 --redis-url embedded \
   --json "$out/worker_throughput.json" 2>&1 | grep -v " INFO " | tee -a "$log"
 
 step "done"

@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.child import REPO, ChildFailed, run_in_child
+from service.commands.argtypes import frame_sizes
 
 #: The ``infer`` line that reports the inference time, e.g. ``..., 1 tile(s), 9.21 s, ...``.
 _INFER_SECONDS = re.compile(r"tile\(s\), ([0-9.]+) s,")
@@ -210,18 +211,13 @@ def _run_infer(scene: Path, checkpoint: Path, output: Path, timeout: float) -> t
     return wall, cpu, float(match.group(1))
 
 
-def _parse_size(text: str) -> tuple[int, int]:
-    width, _, height = text.lower().partition("x")
-    return int(width), int(height)
-
-
 def run(args: argparse.Namespace, folder: Path) -> list[SizeResult]:
     from service.imaging import decode_exr
     from service.quality.synth import make_scene, write_scene
 
     results = []
-    for size in args.sizes.split(","):
-        width, height = _parse_size(size)
+    for width, height in args.sizes:
+        size = f"{width}x{height}"
         scene = write_scene(make_scene(args.seed, height, width), folder / f"scene_{size}")
         result = SizeResult(width, height)
         kinds = (["official"] if args.official else []) + (
@@ -293,7 +289,12 @@ def _rows(r: SizeResult) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", type=Path, required=True, help="AFUNet weights")
-    parser.add_argument("--sizes", default="100x72,512x512", help="comma-separated WxH frame sizes")
+    parser.add_argument(
+        "--sizes",
+        type=frame_sizes,
+        default="100x72,512x512",
+        help="comma-separated WxH frame sizes",
+    )
     parser.add_argument(
         "--official", type=Path, help="a checkout of the official AFUNet repository"
     )

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from service.commands.argtypes import frame_size
 from service.config import Settings
 from service.engines.classical import ClassicalEngine
 from service.engines.pipeline import ModelPredictor, reconstruct
@@ -86,15 +87,10 @@ def classical(deghost: bool) -> Predictor:
     return predict
 
 
-def _size(text: str) -> tuple[int, int]:
-    width, _, height = text.lower().partition("x")
-    return int(width), int(height)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scenes", type=int, default=24, help="scenes (default 24)")
-    parser.add_argument("--size", type=_size, default=(768, 512), help="WxH (768x512)")
+    parser.add_argument("--size", type=frame_size, default=(768, 512), help="WxH (768x512)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the set (0)")
     parser.add_argument(
         "--camera-shake", type=float, default=0.0, help="camera translation, pixels (0)"

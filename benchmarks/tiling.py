@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.child import run_in_child
+from service.commands.argtypes import frame_size
 from service.config import DEFAULT_TILE_BATCH, DEFAULT_TILE_OVERLAP, DEFAULT_TILE_SIZE
 from service.engines.pipeline import reconstruct
 from service.engines.runtime import keep_freed_memory, peak_rss_bytes
@@ -114,7 +115,7 @@ def rss(checkpoint: Path, sizes: list[str], seed: int) -> list[dict]:
     print(f"{'frame':>10} {'tiles':>6} {'s/frame':>8} {'RSS before MB':>14} {'peak RSS MB':>12}")
     with tempfile.TemporaryDirectory() as tmp:
         for text in sizes:
-            width, height = (int(v) for v in text.lower().split("x"))
+            width, height = frame_size(text)
             exposures = _exposures(height, width, seed)
             frames = Path(tmp) / f"{text}.npz"
             np.savez(

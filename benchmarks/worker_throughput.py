@@ -56,6 +56,7 @@ import numpy as np
 
 from benchmarks.processes import Processes, free_port
 from benchmarks.queue_throughput import DEFAULT_REDIS, bracket, purge, submit, wait_done
+from service.commands.argtypes import frame_size
 from service.config import Settings
 from service.engines.base import TileBatch
 from service.engines.registry import BACKENDS, ServingConfig
@@ -265,9 +266,10 @@ def throughput(
     prefetch: int,
     size: tuple[int, int],
 ) -> Run:
-    """One worker with ``prefetch`` over ``jobs`` queued jobs of ``size`` (h, w) frames."""
+    """One worker with ``prefetch`` over ``jobs`` queued jobs of ``size`` (w, h) frames."""
     env = {ENGINE_SECONDS_ENV: str(engine_seconds), "HDR_PREFETCH_JOBS": str(prefetch)}
-    uploads = bracket(*size)
+    width, height = size
+    uploads = bracket(height, width)
     with service(redis_url, model, **env) as (svc, client):
         with ThreadPoolExecutor(2) as pool:
             ids = list(pool.map(lambda _: submit(client, uploads), range(jobs)))
@@ -322,12 +324,6 @@ def redis_server(url: str) -> Iterator[str]:
         yield embedded
 
 
-def frame_size(text: str) -> tuple[int, int]:
-    """``HxW`` as (height, width)."""
-    height, width = (int(v) for v in text.lower().split("x"))
-    return height, width
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--engine-seconds", type=float, default=1.0, help="T per engine call")
@@ -350,7 +346,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     real.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     real.add_argument("--backend", default="torch", help="e.g. torch, torch:graphs, tensorrt")
     real.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
-    real.add_argument("--size", type=frame_size, default=(1000, 1500), help="frame HxW")
+    real.add_argument("--size", type=frame_size, default=(1500, 1000), help="frame WxH (1500x1000)")
     real.add_argument("--tile-size", type=int, default=TILE_SIZE)
     real.add_argument("--tile-overlap", type=int, default=TILE_OVERLAP)
     real.add_argument("--tile-batch", type=int, default=TILE_BATCH)
@@ -368,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     size = args.size
     if args.quick:
-        args.engine_seconds, args.jobs, args.small_jobs, size = 0.05, 3, 4, (128, 192)
+        args.engine_seconds, args.jobs, args.small_jobs, size = 0.05, 3, 4, (192, 128)
     t = args.engine_seconds
     standin = model.name == "standin"
     if standin:
@@ -378,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         engine = f"{model.name} on {model.device}"
     print(f"worker throughput, {engine}, {args.jobs} jobs of 3 x ", end="")
-    print(f"{size[1]}x{size[0]} 16-bit TIFF, tiles of {model.tile_size} x {model.tile_batch}")
+    print(f"{size[0]}x{size[1]} 16-bit TIFF, tiles of {model.tile_size} x {model.tile_batch}")
     with redis_server(args.redis_url) as redis_url:
         runs = []
         for prefetch in args.prefetch:

@@ -76,14 +76,14 @@ def test_worker_throughput_runs_the_real_afunet_engine(tmp_path: Path) -> None:
     out = tmp_path / "worker.json"
     args = [
         *("--model", "afunet", "--checkpoint", str(GOLDEN_CHECKPOINT), "--device", "cpu"),
-        *("--backend", "torch", "--precision", "fp32", "--size", "64x96"),
+        *("--backend", "torch", "--precision", "fp32", "--size", "96x64"),
         *("--tile-size", "64", "--tile-overlap", "16", "--tile-batch", "2"),
         *("--jobs", "3", "--prefetch", "0", "1", "--small-jobs", "0"),
         *("--redis-url", "embedded", "--json", str(out)),
     ]
     figures = worker_throughput(args, out)
     assert figures["engine_seconds"] is None  # no stand-in: the engine's own time
-    assert figures["model"]["name"] == "afunet" and figures["size"] == [64, 96]
+    assert figures["model"]["name"] == "afunet" and figures["size"] == [96, 64]
     assert [run["prefetch"] for run in figures["runs"]] == [0, 1]
     for run in figures["runs"]:
         assert run["jobs_per_s"] > 0
@@ -99,7 +99,7 @@ def test_worker_throughput_fails_at_once_when_the_worker_cannot_load_its_model(
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")
     args = [
-        *("--model", "afunet", "--checkpoint", str(bad), "--size", "64x96"),
+        *("--model", "afunet", "--checkpoint", str(bad), "--size", "96x64"),
         *("--tile-size", "64", "--tile-overlap", "16", "--jobs", "1", "--prefetch", "0"),
         *("--small-jobs", "0", "--redis-url", "embedded"),
     ]

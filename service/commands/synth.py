@@ -9,23 +9,18 @@ any size, with moving content so that ghosting matters.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
+from service.commands.argtypes import frame_size
 from service.config import Settings
 
 HELP = "write synthetic bracketed scenes with HDR labels (Kalantari layout)"
 
-_SIZE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
-
 
 def _size(text: str) -> tuple[int, int]:
-    """``WxH`` as (width, height)."""
-    match = _SIZE.match(text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT such as 768x512, got {text!r}")
-    width, height = int(match.group(1)), int(match.group(2))
+    """``WxH`` as (width, height), at least 16 pixels each way."""
+    width, height = frame_size(text)
     if width < 16 or height < 16:
         raise argparse.ArgumentTypeError(f"scenes need at least 16x16 pixels, got {text!r}")
     return width, height

@@ -30,6 +30,7 @@ from typing import Literal
 import numpy as np
 import OpenEXR
 
+from service.engines.runtime import usable_cpus
 from service.errors import UnsupportedImage
 
 ExrDtype = Literal["float16", "float32"]
@@ -107,8 +108,10 @@ _pool_sized = False
 
 
 def default_exr_threads() -> int:
-    """The number of CPUs this process may run on (its affinity mask, not the machine's)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """The CPUs this process may keep busy (affinity mask capped by the cgroup's quota),
+    the count the inference pools use too: in a pod limited to 2 CPUs on a 64-core node,
+    64 compression threads would only queue for 2 CPUs' worth of time."""
+    return usable_cpus()
 
 
 def set_exr_threads(count: int) -> None:
