@@ -42,7 +42,7 @@ import redis
 import tifffile
 
 from benchmarks.child import REPO
-from benchmarks.processes import free_port, processes, wait_for_workers
+from benchmarks.processes import free_port, processes, service_env, wait_for_workers
 from service.queue.keys import GROUP, Keys
 
 KEYS = Keys("hdr")
@@ -103,18 +103,13 @@ def service(workdir: Path, workers: int) -> Iterator[tuple[httpx.Client, redis.R
         repo = workdir / "model_repo" / MODEL
         repo.mkdir(parents=True)
         shutil.copy(REPO / "model_repo" / MODEL / "config.yaml", repo / "config.yaml")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HDR_")}
-        env |= {
-            "HDR_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-            "HDR_STORAGE_URL": f"file://{workdir / 'blobs'}",
-            "HDR_MODEL_REPO": str(repo.parent),
-            "HDR_DEFAULT_MODEL": MODEL,
-            "HDR_DEVICE": "cpu",
-            "HDR_MAX_QUEUE_LENGTH": "100000",
-            "HDR_JOB_TTL_SECONDS": "3600",
-            "HDR_WORKER_METRICS_PORT": "0",
-            "PYTHONUNBUFFERED": "1",
-        }
+        env = service_env(
+            f"redis://127.0.0.1:{redis_port}/0",
+            workdir / "blobs",
+            repo.parent,
+            HDR_DEFAULT_MODEL=MODEL,
+            HDR_JOB_TTL_SECONDS="3600",
+        )
         api = children.spawn(
             [sys.executable, "-m", "service", "api", "--port", str(api_port)], "api", env
         )

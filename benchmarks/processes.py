@@ -4,6 +4,7 @@ start them with their logs in a folder, wait until the workers are ready, and st
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import time
@@ -72,6 +73,24 @@ def processes(log_dir: Path) -> Iterator[Processes]:
         yield children
     finally:
         children.stop()
+
+
+def service_env(redis_url: str, blobs: Path, repo: Path, **settings: str) -> dict[str, str]:
+    """The environment of a benchmark's API and workers: this process's own without any
+    ``HDR_`` variable of the caller's shell (a benchmark measures what it sets), a file
+    blob store at ``blobs``, the model repository ``repo``, a queue no benchmark fills,
+    worker metrics on a free port, and ``settings`` (``HDR_`` names) over all that."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HDR_")}
+    return env | {
+        "HDR_REDIS_URL": redis_url,
+        "HDR_STORAGE_URL": f"file://{blobs.resolve()}",
+        "HDR_MODEL_REPO": str(repo),
+        "HDR_DEVICE": "cpu",
+        "HDR_MAX_QUEUE_LENGTH": "100000",
+        "HDR_WORKER_METRICS_PORT": "0",
+        "PYTHONUNBUFFERED": "1",
+        **settings,
+    }
 
 
 def wait_for_workers(client: httpx.Client, workers: int, timeout: float, log_dir: Path) -> None:

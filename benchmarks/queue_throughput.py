@@ -40,7 +40,7 @@ import httpx
 import numpy as np
 import tifffile
 
-from benchmarks.processes import free_port, processes, wait_for_workers
+from benchmarks.processes import free_port, processes, service_env, wait_for_workers
 from service.config import Settings
 from service.engines.base import TileBatch
 from service.engines.registry import BACKENDS, ServingConfig
@@ -124,18 +124,9 @@ def running_service(
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
     port = free_port()
     log_dir = log_dir or Path(tempfile.mkdtemp(prefix="hdr-bench-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HDR_")}
-    env |= {
-        "HDR_REDIS_URL": redis_url,
-        "HDR_STORAGE_URL": f"file://{log_dir.resolve()}/blobs",
-        "HDR_KEY_PREFIX": prefix,
-        "HDR_MODEL_REPO": str(repo),
-        "HDR_MAX_QUEUE_LENGTH": "100000",
-        "HDR_WORKER_METRICS_PORT": "0",
-        "HDR_DEVICE": "cpu",
-        "PYTHONUNBUFFERED": "1",
-        **(extra_env or {}),
-    }
+    env = service_env(
+        redis_url, log_dir / "blobs", repo, HDR_KEY_PREFIX=prefix, **(extra_env or {})
+    )
     try:
         with processes(log_dir) as children:
             children.spawn(

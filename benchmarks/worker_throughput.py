@@ -54,7 +54,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from benchmarks.processes import Processes, free_port
+from benchmarks.processes import Processes, free_port, service_env
 from benchmarks.queue_throughput import DEFAULT_REDIS, bracket, purge, submit, wait_done
 from service.commands.argtypes import frame_size
 from service.config import Settings
@@ -169,19 +169,16 @@ class Service:
         self.port = free_port()
         self.prefix = f"bench-{uuid.uuid4().hex[:8]}"
         self.redis_url = redis_url
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("HDR_")} | {
-            "HDR_REDIS_URL": redis_url,
-            "HDR_STORAGE_URL": f"file://{tmp.resolve()}/blobs",
-            "HDR_KEY_PREFIX": self.prefix,
-            "HDR_MODEL_REPO": str(tmp / "repo"),
-            "HDR_MAX_QUEUE_LENGTH": "100000",
-            "HDR_WORKER_METRICS_PORT": "0",
-            "HDR_WORKER_ID": "bench-worker",
-            "HDR_DEFAULT_MODEL": model.name,
-            "PYTHONUNBUFFERED": "1",
+        self.env = service_env(
+            redis_url,
+            tmp / "blobs",
+            tmp / "repo",
+            HDR_KEY_PREFIX=self.prefix,
+            HDR_WORKER_ID="bench-worker",
+            HDR_DEFAULT_MODEL=model.name,
             **model.env(),
             **env,
-        }
+        )
         self.children = Processes(tmp)
         model.write(tmp / "repo")
 
