@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from service.engines.runtime import usable_cpus
+from service.cpus import usable_cpus
 from tests.factories import GOLDEN_CHECKPOINT, GOLDEN_SEED0
 
 #: Modules of the serving side that an offline inference must never import.

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from service.cpus import usable_cpus
 from service.engines.base import TileBatch
 from service.engines.cache import safe_name, weights_digest
 from service.engines.onnx_export import INPUT_NAME, OPSETS, OUTPUT_NAME, export_onnx
-from service.engines.runtime import usable_cpus
 from service.errors import EngineUnavailable
 
 log = logging.getLogger(__name__)

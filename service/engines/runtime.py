@@ -5,9 +5,10 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
-import math
 import os
 from pathlib import Path
+
+from service.cpus import CGROUP_ROOT, usable_cpus
 
 log = logging.getLogger(__name__)
 
@@ -15,8 +16,6 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _ONE_GIB = 1 << 30
 
-#: Where the process's cgroup is visible (its own root inside a container).
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 CPUINFO = Path("/proc/cpuinfo")
 #: CPU flags of native bf16 arithmetic: AVX-512 BF16 dot products, AMX tiles.
 BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
@@ -60,48 +59,6 @@ def keep_freed_memory() -> bool:
         return False
     log.debug("glibc mallopt applied: %s", ok)
     return ok
-
-
-def _cgroup_cpu_limit(root: Path) -> float | None:
-    """CPUs the cgroup quota allows (``quota / period``), or None where there is no quota.
-
-    cgroup v2 writes ``"<quota> <period>"`` or ``"max <period>"`` in ``cpu.max``; v1 keeps
-    ``cpu.cfs_quota_us`` (-1: none) and ``cpu.cfs_period_us`` under the ``cpu`` controller.
-    """
-    try:
-        quota_text, _, period_text = (root / "cpu.max").read_text().strip().partition(" ")
-        if quota_text == "max":
-            return None
-        return int(quota_text) / int(period_text or 100_000)
-    except (OSError, ValueError, ZeroDivisionError):
-        pass
-    for controller in ("cpu", "cpu,cpuacct"):
-        folder = root / controller
-        try:
-            quota = int((folder / "cpu.cfs_quota_us").read_text())
-            period = int((folder / "cpu.cfs_period_us").read_text())
-        except (OSError, ValueError):
-            continue
-        return quota / period if quota > 0 and period > 0 else None
-    return None
-
-
-def usable_cpus(cgroup_root: Path = CGROUP_ROOT) -> int:
-    """How many CPUs this process may keep busy: its affinity mask, capped by the cgroup's
-    CPU quota rounded up.
-
-    ``os.cpu_count()`` is the host's count: in a container limited to 2 CPUs on a 64-core
-    host, 64 OpenMP threads share 2 CPUs' worth of time slices and each parallel op waits
-    for the slowest thread to be scheduled again.
-    """
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
-    limit = _cgroup_cpu_limit(cgroup_root)
-    if limit is not None:
-        cpus = min(cpus, max(1, math.ceil(limit)))
-    return max(1, cpus)
 
 
 def tune_cpu_threads(cgroup_root: Path = CGROUP_ROOT) -> int:

@@ -30,7 +30,7 @@ from typing import Literal
 import numpy as np
 import OpenEXR
 
-from service.engines.runtime import usable_cpus
+from service.cpus import usable_cpus
 from service.errors import UnsupportedImage
 
 ExrDtype = Literal["float16", "float32"]

@@ -16,7 +16,7 @@ def test_frame_size_reads_width_then_height() -> None:
 
 @pytest.mark.parametrize("text", ["1500", "1500x", "x1000", "15.5x10", "0x10", "10x0", "-1x5"])
 def test_frame_size_refuses_what_is_not_a_size(text: str) -> None:
-    with pytest.raises(argparse.ArgumentTypeError, match="WIDTHxHEIGHT|at least 1x1"):
+    with pytest.raises(argparse.ArgumentTypeError, match=r"WIDTHxHEIGHT|at least 1x1"):
         frame_size(text)
 
 

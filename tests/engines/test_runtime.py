@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from service.engines.runtime import tune_cpu_threads, usable_cpus
+from service.cpus import usable_cpus
+from service.engines.runtime import tune_cpu_threads
 
 AFFINITY = len(os.sched_getaffinity(0))
 
