@@ -191,14 +191,13 @@ class QueueMetrics:
         (with ``hdr_redis_up 0``) while Redis is away, rather than timing out.
         """
         try:
-            depth, oldest, in_flight, dead, workers, streams = await asyncio.wait_for(
+            depth, oldest, dead, workers, streams = await asyncio.wait_for(
                 asyncio.gather(
                     broker.queue_depth(),
                     broker.oldest_queued_age_seconds(),
-                    broker.running_count(),
                     broker.dead_letter_depth(),
                     broker.live_workers(),
-                    broker.stream_lengths(),
+                    broker.model_streams(),
                 ),
                 REFRESH_TIMEOUT_SECONDS,
             )
@@ -209,14 +208,15 @@ class QueueMetrics:
         self.redis_up.set(1)
         self.depth.set(depth)
         self.oldest_age.set(oldest)
-        self.in_flight.set(in_flight)
+        self.in_flight.set(sum(counts.pending for counts in streams.values()))
         self.dead_letters.set(dead)
         ready = sum(1 for w in workers if w.get("ready"))
         self.workers.labels(ready="true").set(ready)
         self.workers.labels(ready="false").set(len(workers) - ready)
         serving = Tally(name for w in workers if w.get("ready") for name in (w.get("models") or {}))
         for model in set(streams) | set(serving):
-            self.stream_length.labels(model=model).set(streams.get(model, 0))
+            counts = streams.get(model)
+            self.stream_length.labels(model=model).set(counts.length if counts else 0)
             self.model_workers.labels(model=model).set(serving.get(model, 0))
 
 

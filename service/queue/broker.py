@@ -109,6 +109,22 @@ class Delivery:
     """The model whose stream holds the entry (the job's model)."""
 
 
+@dataclass(frozen=True)
+class StreamCounts:
+    """One model's job stream as the metrics and KEDA see it."""
+
+    length: int
+    """Entries: the jobs of the model waiting or running (an entry is deleted when its
+    job ends), what KEDA scales on."""
+    pending: int
+    """Entries handed out and not yet acked: running, or waiting for a retry/reclaim."""
+
+
+def _no_group(error: Exception) -> bool:
+    """A stream read before its consumer group exists (no worker or job created it)."""
+    return isinstance(error, ResponseError) and "NOGROUP" in str(error)
+
+
 class Broker:
     """Redis Streams job queue, job records, uploads and results of one deployment.
 
@@ -478,7 +494,7 @@ class Broker:
             try:
                 return await self._receive(consumer, names, block, frozenset(held))
             except ResponseError as exc:
-                if "NOGROUP" not in str(exc):
+                if not _no_group(exc):
                     raise
                 log.warning("consumer group missing; creating it")
                 await self.ensure_group(names)
@@ -854,26 +870,34 @@ class Broker:
         members: Any = await self.redis.smembers(self.keys.models)
         return sorted(_text(m) for m in members)
 
-    async def running_count(self) -> int:
-        """Entries handed out and not yet acked (running, or waiting for a retry/reclaim)."""
-        total = 0
-        for model in await self.known_models():
-            try:
-                summary: Any = await self.redis.xpending(self.keys.stream(model), self.keys.group)
-            except ResponseError:  # no group yet
-                continue
-            total += int(summary["pending"])
-        return total
-
-    async def stream_lengths(self) -> dict[str, int]:
-        """Per model, the entries of its stream: the jobs of that model waiting or
-        running (entries are deleted when their job ends), what KEDA scales on."""
+    async def model_streams(self) -> dict[str, StreamCounts]:
+        """Per model with a job stream, its entries and those handed out: one read of
+        the models set and one pipeline, however many models (a metrics scrape)."""
         models = await self.known_models()
         async with self.redis.pipeline(transaction=False) as pipe:
             for model in models:
                 pipe.xlen(self.keys.stream(model))
-            lengths = await pipe.execute()
-        return {model: int(n) for model, n in zip(models, lengths, strict=True)}
+                pipe.xpending(self.keys.stream(model), self.keys.group)
+            replies = await pipe.execute(raise_on_error=False)
+        counts = {}
+        for i, model in enumerate(models):
+            length, pending = replies[2 * i], replies[2 * i + 1]
+            for reply in (length, pending):
+                if isinstance(reply, Exception) and not _no_group(reply):
+                    raise reply
+            counts[model] = StreamCounts(
+                length=int(length),
+                pending=0 if isinstance(pending, Exception) else int(pending["pending"]),
+            )
+        return counts
+
+    async def running_count(self) -> int:
+        """Entries handed out and not yet acked (running, or waiting for a retry/reclaim)."""
+        return sum(c.pending for c in (await self.model_streams()).values())
+
+    async def stream_lengths(self) -> dict[str, int]:
+        """Per model, the entries of its stream (see :class:`StreamCounts`)."""
+        return {model: c.length for model, c in (await self.model_streams()).items()}
 
     async def dead_letter_depth(self) -> int:
         """Entries in the dead-letter stream (kept for the job TTL)."""

@@ -65,3 +65,23 @@ async def test_a_read_of_several_streams_claims_one_job_and_frees_the_rest(
     assert other is not None and other.redelivered and other.attempts == 1
     assert {one.job_id, other.job_id} == {r.id for r in jobs.values()}
     assert await broker.receive("w3", block_ms=0, models=["alpha", "beta"]) is None
+
+
+async def test_model_streams_count_entries_and_those_handed_out_per_model(broker: Broker) -> None:
+    """What a metrics scrape reads in one pipeline, including a model whose stream has
+    no consumer group yet (a job queued before any worker of its model started)."""
+    await broker.submit(PARAMS, BLOBS, model="alpha")
+    await broker.submit(PARAMS, BLOBS, model="alpha")
+    await broker.submit(PARAMS, BLOBS, model="nogroup")
+    await broker.ensure_group(["alpha"])
+    assert await broker.receive("w1", block_ms=0, models=["alpha"]) is not None
+
+    streams = await broker.model_streams()
+    default = broker.settings.default_model  # its stream made by the fixture, empty
+    assert {m: (c.length, c.pending) for m, c in streams.items()} == {
+        "alpha": (2, 1),
+        "nogroup": (1, 0),
+        default: (0, 0),
+    }
+    assert await broker.running_count() == 1
+    assert await broker.stream_lengths() == {"alpha": 2, "nogroup": 1, default: 0}
