@@ -21,6 +21,9 @@ class ServiceError(Exception):
     http_status: int = 500
     retryable: bool = True
     """May trying again unchanged succeed? (An unknown fault: assume it may.)"""
+    retry_after: float | None = None
+    """Seconds after which it may (the API's ``Retry-After``, whole seconds); None: no
+    advice."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

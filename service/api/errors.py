@@ -23,9 +23,8 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from service.errors import QueueFull, RateLimited, ServiceError
+from service.errors import ServiceError
 from service.queue.connection import refuses_writes
-from service.storage import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -180,15 +179,11 @@ def allowed_methods(request: Request) -> list[str]:
 
 
 def handle_service_error(exc: ServiceError) -> JSONResponse:
-    """The answer to a ``ServiceError``: its status and code, ``Retry-After`` for the
-    retryable ones (queue full, Redis or the blob store unavailable)."""
+    """The answer to a ``ServiceError``: its status and code, and ``Retry-After`` where
+    the error advises one (queue full, rate limited, Redis or the blob store away)."""
     headers = {}
-    retry_after = getattr(exc, "retry_after", None)
-    if isinstance(exc, StoreUnavailable):
-        retry_after = UNAVAILABLE_RETRY_AFTER_SECONDS
-    retrying = QueueFull | RateLimited | Unavailable | StoreUnavailable
-    if isinstance(exc, retrying) and retry_after is not None:
-        headers["Retry-After"] = str(int(retry_after))
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(int(exc.retry_after))
     if isinstance(exc, NotAuthenticated):
         headers["WWW-Authenticate"] = 'Bearer realm="hdr"'
     if exc.http_status >= 500:

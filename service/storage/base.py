@@ -34,6 +34,7 @@ class StoreUnavailable(ServiceError):
 
     code = "store_unavailable"
     http_status = 503
+    retry_after = 5  # a store restarting or failing over, as for Redis
 
 
 class BlobNotFound(ServiceError):
