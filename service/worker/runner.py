@@ -228,10 +228,7 @@ class Worker:
         """
         async with self._claim_lock:
             for job in list(self._jobs.values()):
-                if (
-                    not job.claimed
-                    or job.stalled_seconds(self.settings.job_stall_seconds) is not None
-                ):
+                if not self._keeps(job):
                     continue
                 try:
                     owned = await self.broker.touch(job.delivery)
@@ -458,10 +455,16 @@ class Worker:
         other, so that it never receives a job it cannot run."""
         return sorted(self._models.served) if self._models else []
 
+    def _keeps(self, job: ActiveJob) -> bool:
+        """Whether the worker keeps ``job`` claimed: from its start until it is settled,
+        unless it is hung (no progress for ``job_stall_seconds``), which lets it go."""
+        return job.claimed and job.stalled_seconds(self.settings.job_stall_seconds) is None
+
     def _held_entries(self) -> set[str]:
-        """Entries of the jobs this worker keeps claimed: after a Redis stall longer
-        than the visibility timeout, its own take-over must not start them again."""
-        return {job.delivery.entry_id for job in self._jobs.values() if job.claimed}
+        """Entries of the jobs this worker keeps: after a Redis stall longer than the
+        visibility timeout, its own take-over must not start them a second time (a hung
+        job is not kept, so it is re-delivered, to this worker too)."""
+        return {job.delivery.entry_id for job in self._jobs.values() if self._keeps(job)}
 
     async def _receive(self) -> Delivery | None:
         attempt = 0

@@ -175,6 +175,31 @@ async def test_live_worker_keeps_a_job_whose_tile_batches_outlast_the_visibility
     assert idle.calls == 1  # its warm-up only
 
 
+async def test_a_hung_job_is_let_go_and_redelivered_even_to_its_own_worker(
+    broker: Broker, service_settings: Settings
+) -> None:
+    """A job without progress for job_stall_seconds is no longer kept: its claim lapses
+    and the next take-over, by this same worker too (the only one here), starts it
+    again; the worker's skipping of the jobs it runs does not cover a hung one."""
+    impatient = service_settings.model_copy(
+        update={
+            "visibility_timeout_seconds": 0.5,
+            "heartbeat_interval_seconds": 0.1,
+            "job_stall_seconds": 1.0,
+            "prefetch_jobs": 1,
+        }
+    )
+    engine = ReferenceEngine()
+    with worker_thread(impatient, models_of(engine)):
+        engine.delay = 4.0  # after its warm-up: the first tile batch hangs past the limit
+        job_id = await submit(broker, bracket_uploads(48, 64), tile_size=40)  # 2 tiles
+        again = await until(broker, job_id, lambda r: r.attempts >= 2, 20)
+        engine.delay = 0.0
+        assert again.worker == impatient.worker_id
+        record = await until(broker, job_id, final, 30)
+    assert record.status is JobState.SUCCEEDED
+
+
 @pytest.mark.parametrize(
     "error",
     [
