@@ -13,6 +13,12 @@ so each subclass decides here, once, instead of in a list kept by the worker.
 
 from __future__ import annotations
 
+from typing import Final
+
+#: Retry-After of a dependency that is away (Redis, the blob store): restarts and
+#: failovers take seconds.
+UNAVAILABLE_RETRY_AFTER_SECONDS: Final = 5
+
 
 class ServiceError(Exception):
     """Base of every error the service reports to its users."""

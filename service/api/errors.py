@@ -23,13 +23,11 @@ from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from service.errors import ServiceError
+from service.errors import UNAVAILABLE_RETRY_AFTER_SECONDS, ServiceError
 from service.queue.connection import refuses_writes
 
 log = logging.getLogger(__name__)
 
-#: Retry-After for 503 answers: Redis restarts and failovers take seconds.
-UNAVAILABLE_RETRY_AFTER_SECONDS: Final = 5
 #: Retry-After of a job refused because no live worker serves its model: a worker being
 #: (re)started takes about this long to load and warm up a model.
 NO_WORKER_RETRY_AFTER_SECONDS: Final = 30

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Final
 
-from service.errors import ServiceError
+from service.errors import UNAVAILABLE_RETRY_AFTER_SECONDS, ServiceError
 
 #: Folder (key prefix) under which every job's blobs live, one sub-folder per job id.
 JOBS_PREFIX: Final = "jobs/"
@@ -34,7 +34,7 @@ class StoreUnavailable(ServiceError):
 
     code = "store_unavailable"
     http_status = 503
-    retry_after = 5  # a store restarting or failing over, as for Redis
+    retry_after = UNAVAILABLE_RETRY_AFTER_SECONDS
 
 
 class BlobNotFound(ServiceError):
