@@ -48,6 +48,9 @@ class ActiveJob:
     """The model it runs on, once picked."""
     claimed: bool = False
     """Whether the heartbeat keeps renewing its claim: from start until it is settled."""
+    settling: bool = False
+    """Set when its end is being recorded (done, failed, released, cancelled): from then
+    on its entry may be taken over again, by this worker too."""
     handback: threading.Event = field(default_factory=threading.Event)
     """Set when the drain time is over: hand the job back at the next tile batch."""
     overdue: asyncio.Event = field(default_factory=asyncio.Event)

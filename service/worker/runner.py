@@ -461,10 +461,15 @@ class Worker:
         return job.claimed and job.stalled_seconds(self.settings.job_stall_seconds) is None
 
     def _held_entries(self) -> set[str]:
-        """Entries of the jobs this worker keeps: after a Redis stall longer than the
-        visibility timeout, its own take-over must not start them a second time (a hung
-        job is not kept, so it is re-delivered, to this worker too)."""
-        return {job.delivery.entry_id for job in self._jobs.values() if self._keeps(job)}
+        """Entries of the jobs in hand, received and not yet settled: after a Redis stall
+        longer than the visibility timeout, this worker's own take-over must not start
+        one a second time (a hung job is let go, so it is re-delivered, here too)."""
+        limit = self.settings.job_stall_seconds
+        return {
+            job.delivery.entry_id
+            for job in self._jobs.values()
+            if not job.settling and job.stalled_seconds(limit) is None
+        }
 
     async def _receive(self) -> Delivery | None:
         attempt = 0
@@ -499,6 +504,7 @@ class Worker:
             job = self._jobs.get(delivery.job_id)
             if job is not None and job.delivery is delivery:
                 job.claimed = False
+                job.settling = True
         deadline = time.monotonic() + self.settings.visibility_timeout_seconds
         attempt = 0
         while True:
