@@ -333,7 +333,11 @@ class Worker:
                     self._slots.release()
                     self._in_hand.release()
                     continue
-                task = asyncio.create_task(self._handle(delivery), name=delivery.job_id)
+                # In hand from now, before its task first runs: the next receive must
+                # already count it among the entries this worker holds.
+                job = ActiveJob(delivery, holds_slot=True)
+                self._jobs[job.job_id] = job
+                task = asyncio.create_task(self._handle(job), name=delivery.job_id)
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
         except Exception as exc:
@@ -524,15 +528,14 @@ class Worker:
 
     # ------------------------------------------------------------------ one job
 
-    async def _handle(self, delivery: Delivery) -> None:
+    async def _handle(self, job: ActiveJob) -> None:
         """Run one delivered job to its end, whatever happens, and count the outcome.
 
         The job holds a slot (taken by the loop before receiving it) until its engine
         turn ends, or to its end when nothing is prefetched.
         """
         assert self._models is not None
-        job = ActiveJob(delivery, holds_slot=True)
-        self._jobs[job.job_id] = job
+        delivery = job.delivery
         try:
             outcome = await self._attempt(job, self._models)
         except RedisError as exc:

@@ -15,9 +15,11 @@ import anyio
 import pytest
 
 from service.config import Settings
-from service.queue import JobState, open_broker
+from service.queue import Broker, Delivery, JobState, open_broker
 from service.storage import result_name
+from service.worker.job import ActiveJob
 from service.worker.models import ModelSet
+from service.worker.runner import Worker
 from tests.factories import bracket_uploads, job_params
 from tests.worker.engines import ReferenceEngine, served
 from tests.worker.harness import redis_server, until, worker_thread
@@ -57,3 +59,23 @@ async def test_worker_keeps_its_job_through_a_redis_stall_longer_than_the_visibi
             assert record.status is JobState.SUCCEEDED, record
             assert record.attempts == 1 and record.worker == settings.worker_id
             assert broker.store.exists(result_name(submitted.id))
+
+
+async def test_a_job_is_held_from_its_receipt_until_it_is_settled(broker: Broker) -> None:
+    """The entries a worker's take-over skips: every job in hand from the moment it is
+    received (before its start is recorded, when its claim is not renewed yet: a stall
+    right after START once made the worker take its own job over, in CI) until its end is
+    being recorded, except a hung one."""
+    settings = broker.settings
+    worker = Worker(settings, broker, models=ModelSet(served={}), health_port=-1)
+    received, running, settling, hung = (
+        ActiveJob(Delivery(f"{i}-0", f"job{i}", 1, settings.worker_id, False, "afunet"))
+        for i in range(4)
+    )
+    running.claimed = True
+    settling.settling = True
+    hung.claimed = True
+    hung.last_progress -= settings.job_stall_seconds + 1
+    for job in (received, running, settling, hung):
+        worker._jobs[job.job_id] = job
+    assert worker._held_entries() == {"0-0", "1-0"}
