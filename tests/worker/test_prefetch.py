@@ -51,7 +51,10 @@ def sample(registry: CollectorRegistry, name: str) -> float:
 
 
 async def prefetched(broker: Broker, first: str, second: str) -> JobRecord:
-    """Wait until ``first`` runs tile batches and ``second`` is claimed beside it."""
+    """Wait until ``first`` runs tile batches and ``second`` is claimed beside it.
+
+    That state lasts while ``first``'s remaining tile batches run (8 of 9): the tests' engine
+    delays keep it at 1.6 s or more, so a poll of a loaded machine does not miss it."""
     await until(broker, first, lambda r: r.tiles_done >= 1)
     record = await until(broker, second, lambda r: r.status is JobState.RUNNING)
     assert record.tiles_done == 0  # claimed, decoded, waiting: not on the engine
@@ -64,7 +67,7 @@ async def test_next_job_is_claimed_while_the_engine_runs_one_and_both_succeed(
     broker: Broker, service_settings: Settings
 ) -> None:
     settings = service_settings.model_copy(update={"prefetch_jobs": 1})
-    engine = ReferenceEngine(delay=0.1)
+    engine = ReferenceEngine(delay=0.2)
     first, second, third = [await submit(broker) for _ in range(3)]
     with worker_thread(settings, models_of(engine)) as worker:
         await prefetched(broker, first, second)
@@ -88,7 +91,7 @@ async def test_without_prefetch_the_next_job_waits_in_the_queue(
 ) -> None:
     settings = service_settings.model_copy(update={"prefetch_jobs": 0})
     first, second = await submit(broker), await submit(broker)
-    with worker_thread(settings, models_of(ReferenceEngine(delay=0.1))):
+    with worker_thread(settings, models_of(ReferenceEngine(delay=0.2))):
         await until(broker, first, lambda r: r.tiles_done >= 1)
         waiting = await broker.get(second)
         assert waiting is not None and waiting.status is JobState.QUEUED
@@ -105,7 +108,7 @@ async def test_cancelling_a_prefetched_job_ends_it_before_it_reaches_the_engine(
     broker: Broker, service_settings: Settings
 ) -> None:
     settings = service_settings.model_copy(update={"prefetch_jobs": 1})
-    engine = ReferenceEngine(delay=0.2)
+    engine = ReferenceEngine(delay=0.3)
     first, second = await submit(broker, 128), await submit(broker)  # 9 tiles each
     with worker_thread(settings, models_of(engine)):
         await prefetched(broker, first, second)
@@ -126,7 +129,7 @@ async def test_stop_hands_a_prefetched_job_back_at_once_and_drains_the_running_o
 ) -> None:
     settings = service_settings.model_copy(update={"prefetch_jobs": 1, "drain_seconds": 30})
     first, second = await submit(broker, 128), await submit(broker)
-    with worker_thread(settings, models_of(ReferenceEngine(delay=0.1))) as worker:
+    with worker_thread(settings, models_of(ReferenceEngine(delay=0.3))) as worker:
         await prefetched(broker, first, second)
         worker.request_stop()
         back = await until(broker, second, lambda r: r.status is JobState.QUEUED)
@@ -175,7 +178,7 @@ async def test_prefetched_job_of_a_killed_worker_is_redelivered_and_completes_on
         update={"model_repo": repo, "visibility_timeout_seconds": 2.0}
     )
     victim_env = worker_env(
-        settings, HDR_WORKER_ID="w-victim", HDR_PREFETCH_JOBS="1", TEST_ENGINE_DELAY="0.3"
+        settings, HDR_WORKER_ID="w-victim", HDR_PREFETCH_JOBS="1", TEST_ENGINE_DELAY="1.0"
     )
     with worker_process(victim_env, tmp_path / "victim.log") as victim:
         await ready_workers(broker, {"w-victim"})
@@ -207,7 +210,7 @@ async def test_sigterm_hands_back_the_prefetched_job_and_drains_the_running_one(
     engines.write_test_model(repo, "slow", "test-reference")
     settings = service_settings.model_copy(update={"model_repo": repo, "drain_seconds": 60})
     env = worker_env(
-        settings, HDR_WORKER_ID="w-drain", HDR_PREFETCH_JOBS="1", TEST_ENGINE_DELAY="0.1"
+        settings, HDR_WORKER_ID="w-drain", HDR_PREFETCH_JOBS="1", TEST_ENGINE_DELAY="0.3"
     )
     with worker_process(env, tmp_path / "worker.log") as process:
         beats = await ready_workers(broker, {"w-drain"})
