@@ -92,12 +92,11 @@ class ClientError(ServiceError):
         code: str = "client_error",
         retry_after: float | None = None,
     ) -> None:
-        super().__init__(message)
+        super().__init__(message, retry_after=retry_after)
         self.status = status
         self.code = code
         self.http_status = status or 0
         self.retryable = status is None or status in RETRY_STATUSES or status >= 500
-        self.retry_after = retry_after
 
     def __str__(self) -> str:
         prefix = f"{self.status} {self.code}" if self.status is not None else self.code

@@ -29,11 +29,13 @@ class ServiceError(Exception):
     """May trying again unchanged succeed? (An unknown fault: assume it may.)"""
     retry_after: float | None = None
     """Seconds after which it may (the API's ``Retry-After``, whole seconds); None: no
-    advice."""
+    advice. A class sets its default; an instance may pass its own."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.message = message
+        if retry_after is not None:
+            self.retry_after = retry_after
 
 
 class BadRequest(ServiceError):
@@ -159,10 +161,7 @@ class RateLimited(ServiceError):
     code = "rate_limited"
     http_status = 429
     retryable = True
-
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
+    retry_after = 60  # the longest wait for the next minute; callers pass the real one
 
 
 class QueueFull(ServiceError):
@@ -171,10 +170,7 @@ class QueueFull(ServiceError):
     code = "queue_full"
     http_status = 429
     retryable = True
-
-    def __init__(self, message: str, retry_after: int = 5) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
+    retry_after = 5
 
 
 class InvalidWebhookUrl(ServiceError):

@@ -116,10 +116,7 @@ class Unavailable(ServiceError):
     code = "unavailable"
     http_status = 503
     retryable = True
-
-    def __init__(self, message: str, retry_after: int = UNAVAILABLE_RETRY_AFTER_SECONDS) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
+    retry_after = UNAVAILABLE_RETRY_AFTER_SECONDS
 
 
 class NoWorkerForModel(Unavailable):
@@ -127,9 +124,7 @@ class NoWorkerForModel(Unavailable):
     is ``refuse``: retry once a worker for it is up (or name a served model)."""
 
     code = "no_worker_for_model"
-
-    def __init__(self, message: str, retry_after: int = NO_WORKER_RETRY_AFTER_SECONDS) -> None:
-        super().__init__(message, retry_after=retry_after)
+    retry_after = NO_WORKER_RETRY_AFTER_SECONDS
 
 
 class NotReady(Unavailable):

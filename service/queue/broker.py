@@ -895,10 +895,6 @@ class Broker:
         """Entries handed out and not yet acked (running, or waiting for a retry/reclaim)."""
         return sum(c.pending for c in (await self.model_streams()).values())
 
-    async def stream_lengths(self) -> dict[str, int]:
-        """Per model, the entries of its stream (see :class:`StreamCounts`)."""
-        return {model: c.length for model, c in (await self.model_streams()).items()}
-
     async def dead_letter_depth(self) -> int:
         """Entries in the dead-letter stream (kept for the job TTL)."""
         return int(await self.redis.xlen(self.keys.dead_letter))

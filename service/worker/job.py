@@ -46,11 +46,11 @@ class ActiveJob:
     delivery: Delivery
     model: str | None = None
     """The model it runs on, once picked."""
-    claimed: bool = False
-    """Whether the heartbeat keeps renewing its claim: from start until it is settled."""
+    start_recorded: bool = False
+    """Whether its start is recorded in Redis (its record says running)."""
     settling: bool = False
-    """Set when its end is being recorded (done, failed, released, cancelled): from then
-    on its entry may be taken over again, by this worker too."""
+    """Set when its end is being recorded (done, failed, released, cancelled) or it has
+    ended: from then on its entry may be taken over again, by this worker too."""
     handback: threading.Event = field(default_factory=threading.Event)
     """Set when the drain time is over: hand the job back at the next tile batch."""
     overdue: asyncio.Event = field(default_factory=asyncio.Event)
@@ -74,6 +74,12 @@ class ActiveJob:
     def job_id(self) -> str:
         return self.delivery.job_id
 
+    @property
+    def claimed(self) -> bool:
+        """Whether the heartbeat keeps renewing its claim: from its recorded start until
+        its end is being recorded."""
+        return self.start_recorded and not self.settling
+
     def stalled_seconds(self, limit: float) -> float | None:
         """Seconds without progress, once past ``limit``; else None."""
         idle = time.monotonic() - self.last_progress
@@ -87,7 +93,7 @@ class ActiveJob:
 
     def end(self) -> None:
         """Release what outlives a job otherwise (the drain timer)."""
-        self.claimed = False
+        self.settling = True
         if self.drain_timer is not None:
             self.drain_timer.cancel()
             self.drain_timer = None

@@ -507,7 +507,6 @@ class Worker:
         async with self._claim_lock:
             job = self._jobs.get(delivery.job_id)
             if job is not None and job.delivery is delivery:
-                job.claimed = False
                 job.settling = True
         deadline = time.monotonic() + self.settings.visibility_timeout_seconds
         attempt = 0
@@ -572,7 +571,7 @@ class Worker:
         started = await self.broker.start(delivery, self.worker_id, model.engine.backend)
         if started is None:
             return None
-        job.claimed = True
+        job.start_recorded = True
         job.model = name
         log.info(
             "job %s: attempt %s on %s (%sx%s)",

@@ -72,9 +72,9 @@ async def test_a_job_is_held_from_its_receipt_until_it_is_settled(broker: Broker
         ActiveJob(Delivery(f"{i}-0", f"job{i}", 1, settings.worker_id, False, "afunet"))
         for i in range(4)
     )
-    running.claimed = True
+    running.start_recorded = True
     settling.settling = True
-    hung.claimed = True
+    hung.start_recorded = True
     hung.last_progress -= settings.job_stall_seconds + 1
     for job in (received, running, settling, hung):
         worker._jobs[job.job_id] = job
