@@ -6,6 +6,8 @@ import functools
 import io
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,17 @@ REPO = Path(__file__).resolve().parents[1]
 GOLDEN_DIR = Path(os.environ.get("HDR_GOLDEN_DIR", REPO.parent / "shared" / "golden"))
 GOLDEN_SEED0 = GOLDEN_DIR / "afunet-seed0"
 GOLDEN_CHECKPOINT = GOLDEN_SEED0 / "checkpoint.pth"
+
+
+def run_python(code: str) -> str:
+    """Run ``code`` in a fresh interpreter at the repository root and return what it
+    printed; the test fails with its stderr unless it exits 0. What a module imports
+    shows only there: a test process has imported everything already."""
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def free_port() -> int:

@@ -5,10 +5,7 @@ everything already."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
-from tests.factories import REPO
+from tests.factories import run_python
 
 WEBHOOK_MODULES = (
     "service.webhooks",
@@ -26,7 +23,4 @@ def test_the_webhooks_never_import_the_api() -> None:
         "api = sorted(m for m in sys.modules if m.split('.')[:2] == ['service', 'api'])\n"
         "assert not api, f'service.webhooks imported {api}'\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False
-    )
-    assert done.returncode == 0, done.stderr
+    run_python(code)

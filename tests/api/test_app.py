@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 
 from service.api.app import create_app
 from service.cli import EXIT_USER_ERROR, main
 from service.config import Settings
-from tests.factories import REPO
+from tests.factories import run_python
 
 
 def test_the_api_never_imports_torch() -> None:
@@ -22,10 +19,7 @@ def test_the_api_never_imports_torch() -> None:
         "create_app(Settings(redis_url='redis://127.0.0.1:1/0'))\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False
-    )
-    assert done.returncode == 0, done.stderr
+    run_python(code)
 
 
 def test_openapi_documents_every_route_field_and_error() -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,7 @@ from service.exposures import ExposureSet
 from service.model.preprocess import build_model_input
 from service.quality.metrics import score
 from service.quality.synth import make_scene
-from tests.factories import REPO, bracket_frames, unit_frames
+from tests.factories import REPO, bracket_frames, run_python, unit_frames
 
 GAMMA = 2.2
 
@@ -51,11 +49,7 @@ def test_runs_through_the_pipeline_where_torch_cannot_be_imported() -> None:
         "assert hdr.shape == (48, 40, 3) and (hdr > 0).any(), hdr.shape\n"
         "print('ok')\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "ok"
+    assert run_python(code).strip() == "ok"
 
 
 def test_loads_from_a_repository_that_holds_no_weights_at_all(tmp_path: Path) -> None:

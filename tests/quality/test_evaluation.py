@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +25,7 @@ from tests.factories import (
     GOLDEN_CHECKPOINT,
     REPO,
     bracket_frames,
+    run_python,
     whole_input,
     write_label,
     write_scene,
@@ -195,7 +194,4 @@ def test_the_quality_package_imports_no_engine() -> None:
         "assert not engines, engines\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False
-    )
-    assert done.returncode == 0, done.stderr
+    run_python(code)

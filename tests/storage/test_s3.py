@@ -4,8 +4,6 @@ as such (fast, and without credentials), batched deletes, the lifecycle rule."""
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -24,7 +22,7 @@ from service.storage.s3 import (
     lifecycle_rules,
     parse_url,
 )
-from tests.factories import REPO, free_port
+from tests.factories import free_port, run_python
 from tests.storage.blobs import MIN_PART_BYTES, pattern
 from tests.storage.s3server import TEST_SECRET_KEY, S3Server, moto_server
 
@@ -67,12 +65,9 @@ def test_service_imports_without_boto3_and_an_s3_url_then_says_what_is_missing()
         "except ImportError as exc:\n"
         "    print(exc)\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=False
-    )
-    assert result.returncode == 0, result.stderr
-    assert "needs boto3" in result.stdout
-    assert "afunet-service[s3]" in result.stdout
+    printed = run_python(code)
+    assert "needs boto3" in printed
+    assert "afunet-service[s3]" in printed
 
 
 def test_store_url_and_keys_carry_the_prefix(s3_url: str, s3_server: S3Server) -> None:
