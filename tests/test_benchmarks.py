@@ -39,15 +39,20 @@ def test_the_infer_process_is_timed_with_the_inference_time_it_prints(tmp_path: 
     assert cpu > 0
 
 
-def worker_throughput(args: list[str], out: Path) -> dict:
-    """Run the worker benchmark; its JSON figures (its output in the failure otherwise)."""
-    done = subprocess.run(
+def run_worker_throughput(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+    """The worker benchmark as a process, its output captured."""
+    return subprocess.run(
         [sys.executable, "-m", "benchmarks.worker_throughput", *args],
         cwd=REPO,
-        timeout=300,
+        timeout=timeout,
         capture_output=True,
         text=True,
     )
+
+
+def worker_throughput(args: list[str], out: Path) -> dict:
+    """Run the worker benchmark; its JSON figures (its output in the failure otherwise)."""
+    done = run_worker_throughput(args)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return dict(json.loads(out.read_text()))
 
@@ -103,12 +108,6 @@ def test_worker_throughput_fails_at_once_when_the_worker_cannot_load_its_model(
         *("--tile-size", "64", "--tile-overlap", "16", "--jobs", "1", "--prefetch", "0"),
         *("--small-jobs", "0", "--redis-url", "embedded"),
     ]
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.worker_throughput", *args],
-        cwd=REPO,
-        timeout=120,
-        capture_output=True,
-        text=True,
-    )
+    done = run_worker_throughput(args, timeout=120)
     assert done.returncode != 0
     assert "the worker serves no model (afunet: checkpoint" in done.stderr
