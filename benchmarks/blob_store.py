@@ -42,7 +42,13 @@ import redis
 import tifffile
 
 from benchmarks.child import REPO
-from benchmarks.processes import free_port, processes, service_env, wait_for_workers
+from benchmarks.processes import (
+    free_port,
+    processes,
+    service_env,
+    start_service,
+    wait_for_workers,
+)
 from service.queue.keys import GROUP, Keys
 
 KEYS = Keys("hdr")
@@ -79,7 +85,7 @@ def service(workdir: Path, workers: int) -> Iterator[tuple[httpx.Client, redis.R
     binary = shutil.which("redis-server")
     if binary is None:
         raise SystemExit("redis-server is not on PATH")
-    redis_port, api_port = free_port(), free_port()
+    redis_port = free_port()
     with processes(workdir) as children:
         children.spawn(
             [
@@ -110,15 +116,7 @@ def service(workdir: Path, workers: int) -> Iterator[tuple[httpx.Client, redis.R
             HDR_DEFAULT_MODEL=MODEL,
             HDR_JOB_TTL_SECONDS="3600",
         )
-        api = children.spawn(
-            [sys.executable, "-m", "service", "api", "--port", str(api_port)], "api", env
-        )
-        for i in range(workers):
-            children.spawn(
-                [sys.executable, "-m", "service", "worker"],
-                f"worker{i}",
-                {**env, "HDR_WORKER_ID": f"w{i}"},
-            )
+        api, api_port = start_service(children, env, workers, ["-m", "service", "worker"])
         with (
             httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=600) as client,
             redis.Redis(port=redis_port) as db,

@@ -7,6 +7,7 @@ import contextlib
 import os
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -91,6 +92,21 @@ def service_env(redis_url: str, blobs: Path, repo: Path, **settings: str) -> dic
         "PYTHONUNBUFFERED": "1",
         **settings,
     }
+
+
+def start_service(
+    children: Processes, env: Mapping[str, str], workers: int, worker_args: Sequence[str]
+) -> tuple[subprocess.Popen[bytes], int]:
+    """The API on a free port and ``workers`` worker processes (``python`` with
+    ``worker_args``), named ``w0``, ``w1``, ... by ``HDR_WORKER_ID``; returns the API
+    process and its port."""
+    port = free_port()
+    api = children.spawn([sys.executable, "-m", "service", "api", "--port", str(port)], "api", env)
+    for i in range(workers):
+        children.spawn(
+            [sys.executable, *worker_args], f"worker{i}", {**env, "HDR_WORKER_ID": f"w{i}"}
+        )
+    return api, port
 
 
 def wait_for_workers(client: httpx.Client, workers: int, timeout: float, log_dir: Path) -> None:

@@ -40,7 +40,12 @@ import httpx
 import numpy as np
 import tifffile
 
-from benchmarks.processes import free_port, processes, service_env, wait_for_workers
+from benchmarks.processes import (
+    processes,
+    service_env,
+    start_service,
+    wait_for_workers,
+)
 from service.config import Settings
 from service.engines.base import TileBatch
 from service.engines.registry import BACKENDS, ServingConfig
@@ -122,22 +127,14 @@ def running_service(
 ) -> Iterator[tuple[httpx.Client, str]]:
     """API and ``workers`` worker subprocesses on a fresh key prefix; yields a client."""
     prefix = f"bench-{uuid.uuid4().hex[:8]}"
-    port = free_port()
     log_dir = log_dir or Path(tempfile.mkdtemp(prefix="hdr-bench-"))
     env = service_env(
         redis_url, log_dir / "blobs", repo, HDR_KEY_PREFIX=prefix, **(extra_env or {})
     )
     try:
         with processes(log_dir) as children:
-            children.spawn(
-                [sys.executable, "-m", "service", "api", "--port", str(port)], "api", env
-            )
-            for i in range(workers):
-                children.spawn(
-                    [sys.executable, "-m", "benchmarks.queue_throughput", "_worker"],
-                    f"worker{i}",
-                    {**env, "HDR_WORKER_ID": f"w{i}"},
-                )
+            worker = ["-m", "benchmarks.queue_throughput", "_worker"]
+            _api, port = start_service(children, env, workers, worker)
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=600) as client:
                 wait_for_workers(client, workers, 300, log_dir)
                 yield client, prefix
