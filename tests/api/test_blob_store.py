@@ -16,9 +16,8 @@ import redis
 from service.config import Settings
 from service.storage import input_name, job_prefix, result_name
 from service.storage.file import FileStore
-from service.worker.models import ModelSet
 from tests.factories import bracket_uploads, exposure_files
-from tests.worker.engines import ReferenceEngine, served
+from tests.worker.engines import serving_only
 from tests.worker.harness import api_server, free_port, redis_server, wait_for, worker_thread
 
 KEY = "k" * 24
@@ -169,7 +168,7 @@ def test_uploads_past_the_limit_are_503_with_retry_after(service_settings: Setti
 def test_results_stream_from_the_store_and_conversions_are_made_once(
     client: httpx.Client, service_settings: Settings, blob_store: FileStore
 ) -> None:
-    models = ModelSet(served={"afunet": served("afunet", ReferenceEngine())}, preferred="afunet")
+    models = serving_only()
     with worker_thread(service_settings, models):
         response = submit(client)
         job_id = response.json()["id"]

@@ -28,7 +28,7 @@ from tests.factories import (
     golden_output,
     golden_uploads,
 )
-from tests.worker.engines import ReferenceEngine, served
+from tests.worker.engines import ReferenceEngine, serving_only
 from tests.worker.harness import api_server, wait_for, worker_thread
 
 #: The official output for the golden exposure.txt as written: EVs -2, 0, 2 unshifted.
@@ -56,7 +56,7 @@ def wait_final(client: httpx.Client, job_id: str, timeout: float = 120) -> dict:
 
 
 def reference_models(delay: float = 0.0) -> ModelSet:
-    return ModelSet(served={"afunet": served("afunet", ReferenceEngine(delay))}, preferred="afunet")
+    return serving_only(ReferenceEngine(delay))
 
 
 def test_golden_job_result_equals_the_model_output_in_every_format(
@@ -166,7 +166,7 @@ def test_cancelled_queued_job_is_never_processed(
     assert cancelled.json()["status"] == "cancelled"
 
     engine = ReferenceEngine()
-    models = ModelSet(served={"afunet": served("afunet", engine)}, preferred="afunet")
+    models = serving_only(engine)
     with worker_thread(service_settings, models):
         later = submit(client, bracket_uploads(seed=1), exposure_values="-2,0,2")
         assert wait_final(client, later["id"])["status"] == "succeeded"

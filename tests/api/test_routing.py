@@ -17,9 +17,9 @@ import pytest
 from service.api.catalog import Catalog, Route
 from service.api.errors import ModelUnavailable, NoWorkerForModel
 from service.config import Settings
-from service.worker.models import ModelSet, load_models
+from service.worker.models import load_models
 from tests.factories import REPO, bracket_uploads, exposure_files
-from tests.worker.engines import ReferenceEngine, served
+from tests.worker.engines import serving_only
 from tests.worker.harness import api_server, wait_for, worker_thread
 
 
@@ -38,10 +38,6 @@ def serving(client: httpx.Client, *names: str) -> None:
     wait_for(ready, 20, f"workers serving {', '.join(names)}")
 
 
-def one_model(name: str) -> ModelSet:
-    return ModelSet(served={name: served(name, ReferenceEngine())}, preferred=name)
-
-
 def worker_settings(settings: Settings, worker_id: str) -> Settings:
     return settings.model_copy(update={"worker_id": f"{settings.worker_id}-{worker_id}"})
 
@@ -52,7 +48,7 @@ def classical_fleet(settings: Settings) -> Iterator[httpx.Client]:
     with (
         api_server(settings) as url,
         httpx.Client(base_url=url, timeout=30) as client,
-        worker_thread(worker_settings(settings, "classical"), one_model("classical")),
+        worker_thread(worker_settings(settings, "classical"), serving_only(name="classical")),
     ):
         serving(client, "classical")
         yield client
@@ -76,8 +72,8 @@ def test_a_mixed_fleet_runs_every_job_on_a_worker_that_serves_its_model(
     with (
         api_server(service_settings) as url,
         httpx.Client(base_url=url, timeout=30) as client,
-        worker_thread(afunet_worker, one_model("afunet")),
-        worker_thread(classical_worker, one_model("classical")),
+        worker_thread(afunet_worker, serving_only(name="afunet")),
+        worker_thread(classical_worker, serving_only(name="classical")),
     ):
         serving(client, "afunet", "classical")
         asked = ["afunet", "classical", "", "classical", "afunet", "", "classical", "afunet"]
@@ -112,7 +108,7 @@ def test_an_unserved_model_queues_with_its_reason_until_a_worker_for_it_starts(
         assert 'hdr_model_stream_length{model="afunet"} 1.0' in metrics
         assert 'hdr_model_workers{model="afunet"} 0.0' in metrics
         # The scaled-up worker for afunet arrives and takes it.
-        with worker_thread(worker_settings(settings, "afunet"), one_model("afunet")):
+        with worker_thread(worker_settings(settings, "afunet"), serving_only(name="afunet")):
             done = final_job(client, job)
 
     assert done["status"] == "succeeded" and done["waiting_reason"] is None

@@ -20,10 +20,9 @@ from pydantic import SecretStr
 from service.config import Settings
 from service.queue import Keys
 from service.webhooks import verify
-from service.worker.models import ModelSet
 from tests.factories import bracket_uploads, exposure_files
 from tests.webhooks.receiver import Receiver, receiver
-from tests.worker.engines import ReferenceEngine, served
+from tests.worker.engines import serving_only
 from tests.worker.harness import api_server, wait_for, worker_thread
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
@@ -87,7 +86,7 @@ def settled(client: httpx.Client, job_id: str, timeout: float = 15) -> dict[str,
 def test_each_finished_job_gets_exactly_one_verified_delivery(
     hook_settings: Settings, hook: Receiver
 ) -> None:
-    models = ModelSet(served={"afunet": served("afunet", ReferenceEngine())}, preferred="afunet")
+    models = serving_only()
     with api_server(hook_settings) as url, httpx.Client(base_url=url, timeout=30) as client:
         cancelled_id = cancelled_job(client, f"{hook.url}/hooks/cancelled", seed=1)
         with worker_thread(hook_settings, models):

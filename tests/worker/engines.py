@@ -23,6 +23,7 @@ from service.config import Settings
 from service.engines.base import TileBatch
 from service.engines.registry import BACKENDS, ServedModel, ServingConfig
 from service.model_repo import ModelSpec
+from service.worker.models import ModelSet
 
 #: Channels of the reference (middle) exposure's HDR estimate in the 18-channel input.
 REFERENCE_HDR: Final = slice(6, 9)
@@ -99,6 +100,12 @@ def served(
     """A ServedModel around a test engine, as the registry would build it."""
     spec = ModelSpec(name, name, 1, Path("/nonexistent") / name, None, ("test",))
     return ServedModel(spec, engine, tile_size, overlap, batch)
+
+
+def serving_only(engine: ReferenceEngine | None = None, name: str = "afunet") -> ModelSet:
+    """A worker's models: ``name`` alone, run by ``engine`` (a plain reference engine by
+    default), and the default for jobs naming none."""
+    return ModelSet(served={name: served(name, engine or ReferenceEngine())}, preferred=name)
 
 
 def _delay() -> float:

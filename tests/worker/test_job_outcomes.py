@@ -18,7 +18,7 @@ from service.worker.faults import is_engine_fault
 from service.worker.models import ModelSet
 from service.worker.runner import EXIT_OK, Worker
 from tests.factories import bracket_uploads, job_params
-from tests.worker.engines import CUDA_FAULT, FailingEngine, ReferenceEngine, served
+from tests.worker.engines import CUDA_FAULT, FailingEngine, ReferenceEngine, served, serving_only
 from tests.worker.harness import until, worker_thread
 
 pytestmark = pytest.mark.anyio
@@ -42,15 +42,11 @@ def final(record: JobRecord) -> bool:
     return record.status.is_final
 
 
-def models_of(engine: ReferenceEngine) -> ModelSet:
-    return ModelSet(served={"afunet": served("afunet", engine)}, preferred="afunet")
-
-
 async def test_job_failing_every_attempt_ends_failed_in_the_dead_letter_stream(
     broker: Broker, service_settings: Settings
 ) -> None:
     job_id = await submit(broker)
-    with worker_thread(service_settings, models_of(FailingEngine())):
+    with worker_thread(service_settings, serving_only(FailingEngine())):
         record = await until(broker, job_id, final, timeout=60)
 
     assert record.status is JobState.FAILED
@@ -71,7 +67,7 @@ async def test_undecodable_pixels_fail_at_once_and_the_worker_goes_on(
     name, data = uploads[1]
     uploads[1] = (name, data[: len(data) // 2])  # header intact, pixel data cut
     engine = ReferenceEngine()
-    with worker_thread(service_settings, models_of(engine)):
+    with worker_thread(service_settings, serving_only(engine)):
         broken = await submit(broker, uploads)
         record = await until(broker, broken, final)
         healthy = await until(broker, await submit(broker), final)
@@ -94,7 +90,7 @@ async def test_a_service_error_is_retried_only_when_it_is_retryable(
     broker: Broker, service_settings: Settings, error: ServiceError, attempts: int
 ) -> None:
     job_id = await submit(broker)
-    with worker_thread(service_settings, models_of(FailingEngine(error))):
+    with worker_thread(service_settings, serving_only(FailingEngine(error))):
         record = await until(broker, job_id, final, timeout=60)
 
     assert record.status is JobState.FAILED and record.attempts == attempts
@@ -113,7 +109,7 @@ async def test_job_for_a_model_the_worker_lacks_never_reaches_it(
     )
     disagreeing = await broker.submit(job_params(uploads), [data for _, data in uploads])
     await broker.redis.hset(broker.keys.job(disagreeing.id), "model", "nowhere")
-    with worker_thread(service_settings, models_of(ReferenceEngine())):
+    with worker_thread(service_settings, serving_only(ReferenceEngine())):
         failed = await until(broker, disagreeing.id, final)
         ours = await until(broker, await submit(broker), final)
         waiting = await broker.get(elsewhere.id)
@@ -128,7 +124,7 @@ async def test_stopping_worker_finishes_the_job_in_hand_within_the_drain_time(
     broker: Broker, service_settings: Settings
 ) -> None:
     job_id = await submit(broker, bracket_uploads(96, 96), tile_size=32)
-    with worker_thread(service_settings, models_of(ReferenceEngine(delay=0.1))) as worker:
+    with worker_thread(service_settings, serving_only(ReferenceEngine(delay=0.1))) as worker:
         await until(broker, job_id, lambda r: r.tiles_done >= 1)
         worker.request_stop()
         record = await until(broker, job_id, final)
@@ -142,7 +138,7 @@ async def test_job_still_running_when_the_drain_ends_is_handed_back_unspent(
 ) -> None:
     short = service_settings.model_copy(update={"drain_seconds": 0.3})
     job_id = await submit(broker, bracket_uploads(128, 128), tile_size=32)
-    with worker_thread(short, models_of(ReferenceEngine(delay=0.2))) as worker:
+    with worker_thread(short, serving_only(ReferenceEngine(delay=0.2))) as worker:
         await until(broker, job_id, lambda r: r.tiles_done >= 1)
         worker.request_stop()
         record = await until(broker, job_id, lambda r: r.status is JobState.QUEUED)
@@ -150,7 +146,7 @@ async def test_job_still_running_when_the_drain_ends_is_handed_back_unspent(
     assert record.attempts == 0 and record.tiles_done == 0
     assert await broker.queue_depth() == 1
     finisher = short.model_copy(update={"worker_id": "finisher"})
-    with worker_thread(finisher, models_of(ReferenceEngine())):
+    with worker_thread(finisher, serving_only(ReferenceEngine())):
         done = await until(broker, job_id, final)
     assert done.status is JobState.SUCCEEDED and done.attempts == 1
 
@@ -164,10 +160,10 @@ async def test_live_worker_keeps_a_job_whose_tile_batches_outlast_the_visibility
     slow = ReferenceEngine(delay=1.5)  # each tile batch outlasts the thief's polling too
     idle = ReferenceEngine()
     job_id = await submit(broker, bracket_uploads(48, 64), tile_size=40)  # 2 tiles
-    with worker_thread(hasty, models_of(slow)):
+    with worker_thread(hasty, serving_only(slow)):
         await until(broker, job_id, lambda r: r.status is JobState.RUNNING)
         other = hasty.model_copy(update={"worker_id": "would-be-thief"})
-        with worker_thread(other, models_of(idle)):
+        with worker_thread(other, serving_only(idle)):
             record = await until(broker, job_id, final)
 
     assert record.status is JobState.SUCCEEDED
@@ -190,7 +186,7 @@ async def test_a_hung_job_is_let_go_and_redelivered_even_to_its_own_worker(
         }
     )
     engine = ReferenceEngine()
-    with worker_thread(impatient, models_of(engine)):
+    with worker_thread(impatient, serving_only(engine)):
         engine.delay = 4.0  # after its warm-up: the first tile batch hangs past the limit
         job_id = await submit(broker, bracket_uploads(48, 64), tile_size=40)  # 2 tiles
         again = await until(broker, job_id, lambda r: r.attempts >= 2, 20)

@@ -15,11 +15,10 @@ from prometheus_client import CollectorRegistry
 
 from service.config import Settings
 from service.queue import Broker, JobRecord, JobState
-from service.worker.models import ModelSet
 from service.worker.runner import EXIT_OK
 from tests.factories import bracket_uploads, job_params
 from tests.worker import engines
-from tests.worker.engines import ReferenceEngine, served
+from tests.worker.engines import ReferenceEngine, serving_only
 from tests.worker.harness import until, worker_env, worker_process, worker_thread
 from tests.worker.test_recovery import ready_workers, wait_exit
 
@@ -34,10 +33,6 @@ async def submit(broker: Broker, size: int = 96, model: str | None = None, **par
         job_params(uploads, **params), [data for _, data in uploads], model=model
     )
     return record.id
-
-
-def models_of(engine: ReferenceEngine) -> ModelSet:
-    return ModelSet(served={"afunet": served("afunet", engine)}, preferred="afunet")
 
 
 def final(record: JobRecord) -> bool:
@@ -69,7 +64,7 @@ async def test_next_job_is_claimed_while_the_engine_runs_one_and_both_succeed(
     settings = service_settings.model_copy(update={"prefetch_jobs": 1})
     engine = ReferenceEngine(delay=0.2)
     first, second, third = [await submit(broker) for _ in range(3)]
-    with worker_thread(settings, models_of(engine)) as worker:
+    with worker_thread(settings, serving_only(engine)) as worker:
         await prefetched(broker, first, second)
         # Only one job is prefetched: the third waits in the queue meanwhile.
         queued = await broker.get(third)
@@ -91,7 +86,7 @@ async def test_without_prefetch_the_next_job_waits_in_the_queue(
 ) -> None:
     settings = service_settings.model_copy(update={"prefetch_jobs": 0})
     first, second = await submit(broker), await submit(broker)
-    with worker_thread(settings, models_of(ReferenceEngine(delay=0.2))):
+    with worker_thread(settings, serving_only(ReferenceEngine(delay=0.2))):
         await until(broker, first, lambda r: r.tiles_done >= 1)
         waiting = await broker.get(second)
         assert waiting is not None and waiting.status is JobState.QUEUED
@@ -110,7 +105,7 @@ async def test_cancelling_a_prefetched_job_ends_it_before_it_reaches_the_engine(
     settings = service_settings.model_copy(update={"prefetch_jobs": 1})
     engine = ReferenceEngine(delay=0.3)
     first, second = await submit(broker, 128), await submit(broker)  # 9 tiles each
-    with worker_thread(settings, models_of(engine)):
+    with worker_thread(settings, serving_only(engine)):
         await prefetched(broker, first, second)
         await broker.cancel(second)
         cancelled = await until(broker, second, final)
@@ -129,7 +124,7 @@ async def test_stop_hands_a_prefetched_job_back_at_once_and_drains_the_running_o
 ) -> None:
     settings = service_settings.model_copy(update={"prefetch_jobs": 1, "drain_seconds": 30})
     first, second = await submit(broker, 128), await submit(broker)
-    with worker_thread(settings, models_of(ReferenceEngine(delay=0.3))) as worker:
+    with worker_thread(settings, serving_only(ReferenceEngine(delay=0.3))) as worker:
         await prefetched(broker, first, second)
         worker.request_stop()
         back = await until(broker, second, lambda r: r.status is JobState.QUEUED)
@@ -156,10 +151,10 @@ async def test_live_worker_keeps_a_prefetched_job_waiting_past_the_visibility_ti
     first = await submit(broker, 48)  # one tile of 1.5 s each
     second = await submit(broker, 48)
     idle = ReferenceEngine()
-    with worker_thread(hasty, models_of(ReferenceEngine(delay=1.5))):
+    with worker_thread(hasty, serving_only(ReferenceEngine(delay=1.5))):
         await until(broker, second, lambda r: r.status is JobState.RUNNING)
         other = hasty.model_copy(update={"worker_id": "would-be-thief"})
-        with worker_thread(other, models_of(idle)):
+        with worker_thread(other, serving_only(idle)):
             records = [await until(broker, job, final, timeout=60) for job in (first, second)]
 
     for record in records:

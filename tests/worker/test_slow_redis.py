@@ -21,7 +21,7 @@ from service.worker.job import ActiveJob
 from service.worker.models import ModelSet
 from service.worker.runner import Worker
 from tests.factories import bracket_uploads, job_params
-from tests.worker.engines import ReferenceEngine, served
+from tests.worker.engines import ReferenceEngine, serving_only
 from tests.worker.harness import redis_server, until, worker_thread
 
 pytestmark = pytest.mark.anyio
@@ -38,7 +38,7 @@ async def test_worker_keeps_its_job_through_a_redis_stall_longer_than_the_visibi
             update={"redis_url": url, "visibility_timeout_seconds": VISIBILITY}
         )
         slow = ReferenceEngine(delay=1.0)
-        models = ModelSet(served={"afunet": served("afunet", slow)}, preferred="afunet")
+        models = serving_only(slow)
         async with open_broker(settings, client_name="test") as broker:
             await broker.ensure_group()
             uploads = bracket_uploads(48, 64)

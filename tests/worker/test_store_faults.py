@@ -16,14 +16,14 @@ from service.storage import result_name
 from service.storage.file import FileStore
 from service.worker.models import ModelSet
 from tests.factories import bracket_uploads, job_params
-from tests.worker.engines import ReferenceEngine, served
+from tests.worker.engines import ReferenceEngine, serving_only
 from tests.worker.harness import free_port, redis_server, until, worker_thread
 
 pytestmark = pytest.mark.anyio
 
 
 def models(delay: float = 0.0) -> ModelSet:
-    return ModelSet(served={"afunet": served("afunet", ReferenceEngine(delay))}, preferred="afunet")
+    return serving_only(ReferenceEngine(delay))
 
 
 async def submit(broker: Broker, size: int = 64, **params: object) -> str:
